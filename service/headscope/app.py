@@ -1,0 +1,144 @@
+"""The app factory: `create_app(settings)` builds a FastAPI app whose lifespan loads the runtime."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from headscope import __version__
+from headscope.concurrency import AnalysisPool
+from headscope.deps import require_api_key
+from headscope.errors import HeadscopeError
+from headscope.middleware import BodyLimitMiddleware
+from headscope.routers import analysis, health, model
+from headscope.schemas import ErrorResponse
+from headscope.settings import Settings
+
+log = logging.getLogger("headscope")
+
+STATUS_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+    422: "invalid_request",
+    429: "overloaded",
+    503: "unavailable",
+}
+
+# Every route documents the envelope for the errors it can return.
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "Empty text or malformed JSON.",
+        401: "Missing or wrong API key (only when the server has one).",
+        413: "Text over the token limit, or body over the size limit.",
+        422: "Unknown layer/head or an invalid field.",
+        429: "Too many analyses running or queued; see Retry-After.",
+        503: "Not ready (model loading), or probes unavailable.",
+    }.items()
+}
+
+
+def envelope(
+    status: int, code: str, message: str, detail: Any = None, headers=None
+) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"code": code, "message": message, "detail": detail}},
+        status_code=status,
+        headers=headers,
+    )
+
+
+def _validation_detail(error: RequestValidationError) -> list[dict[str, Any]]:
+    # Only location, message and type: echoing the input could be huge or not JSON-safe.
+    return [
+        {
+            "loc": [str(part) for part in item.get("loc", ())],
+            "msg": item.get("msg", ""),
+            "type": item.get("type", ""),
+        }
+        for item in error.errors()
+    ]
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(HeadscopeError)
+    async def domain_error(_: Request, error: HeadscopeError) -> JSONResponse:
+        return envelope(error.status_code, error.code, error.message, error.detail, error.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, error: RequestValidationError) -> JSONResponse:
+        detail = _validation_detail(error)
+        if any(item["type"] == "json_invalid" for item in detail):
+            return envelope(400, "invalid_json", "Request body is not valid JSON.", detail)
+        if any(
+            item["type"] == "model_attributes_type" and item["loc"] == ["body"] for item in detail
+        ):
+            return envelope(
+                422,
+                "invalid_request",
+                "Request body must be a JSON object (send Content-Type: application/json).",
+                detail,
+            )
+        summary = "; ".join(f"{'.'.join(item['loc'])}: {item['msg']}" for item in detail[:5])
+        return envelope(422, "invalid_request", f"Invalid request: {summary}", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
+        code = STATUS_CODES.get(error.status_code, "http_error")
+        return envelope(error.status_code, code, str(error.detail), None, error.headers)
+
+    @app.exception_handler(Exception)
+    async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
+        log.exception("Unhandled error")
+        return envelope(500, "internal_error", "Internal server error; see the server log.")
+
+
+def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
+    """Build the app. With `runtime` given (tests), the lifespan reuses it instead of loading."""
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        app.state.pool = AnalysisPool(settings.max_concurrency, settings.max_queue)
+        if runtime is not None:
+            app.state.runtime = runtime
+        else:
+            from headscope.runtime import load_runtime
+
+            app.state.runtime = load_runtime(settings)
+        if settings.api_key is None:
+            log.warning("No API key set: the API is unauthenticated (bound to %s)", settings.host)
+        yield
+        app.state.pool.shutdown()
+
+    app = FastAPI(
+        title="headscope",
+        version=__version__,
+        summary="Look inside the attention heads of tiny GPT-Neo transformers.",
+        description="Per-head activity, attention patterns, POS tags and probes for "
+        "TinyStories-style GPT-Neo models. Errors always come as "
+        '`{"error": {"code", "message", "detail"}}`.',
+        lifespan=lifespan,
+        responses=ERROR_RESPONSES,
+    )
+    app.state.settings = settings
+    app.state.runtime = None
+    install_error_handlers(app)
+    app.include_router(health.router)
+    protected = [Depends(require_api_key)]
+    for router in (model.router, analysis.router):
+        app.include_router(router, dependencies=protected)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    return app

@@ -1,0 +1,78 @@
+"""Session-wide fixtures: stand-in models from ../shared, one loaded runtime, API clients."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.helpers import NLTK_DATA, SHARED, STANDIN_DIR, ServerThread, make_random_model_dir
+
+# Offline and pointed at ../shared before anything imports nltk or transformers.
+os.environ.setdefault("NLTK_DATA", str(NLTK_DATA))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HEADSCOPE_OFFLINE", "1")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    if not STANDIN_DIR.is_dir():
+        raise pytest.UsageError(
+            f"{STANDIN_DIR} is missing: tests need ../shared (or HEADSCOPE_SHARED) with its assets"
+        )
+
+
+@pytest.fixture(scope="session")
+def shared_dir():
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def standin_dir():
+    return STANDIN_DIR
+
+
+@pytest.fixture(scope="session")
+def random_model_dir(tmp_path_factory):
+    return make_random_model_dir(tmp_path_factory.mktemp("random-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def settings(standin_dir):
+    from headscope.settings import Settings
+
+    return Settings(model=str(standin_dir), store=SHARED / "nonexistent-store")
+
+
+@pytest.fixture(scope="session")
+def runtime(settings):
+    """The trained stand-in, loaded once for the whole session (treat as read-only)."""
+    from headscope.runtime import load_runtime
+
+    return load_runtime(settings)
+
+
+@pytest.fixture(scope="session")
+def random_runtime(random_model_dir):
+    from headscope.runtime import load_runtime
+    from headscope.settings import Settings
+
+    return load_runtime(Settings(model=str(random_model_dir)))
+
+
+@pytest.fixture()
+def api(settings, runtime):
+    """In-process client over the real app (lifespan runs, reusing the session runtime)."""
+    from fastapi.testclient import TestClient
+    from headscope.app import create_app
+
+    with TestClient(create_app(settings, runtime=runtime)) as client:
+        yield client
+
+
+@pytest.fixture(scope="session")
+def live_server(settings, runtime):
+    """A real uvicorn server on 127.0.0.1 serving the session runtime; yields its base URL."""
+    from headscope.app import create_app
+
+    with ServerThread(create_app(settings, runtime=runtime)) as server:
+        yield server.base_url

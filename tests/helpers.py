@@ -1,0 +1,131 @@
+"""Shared test helpers: paths to ../shared, model directories, and real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("HEADSCOPE_SHARED", REPO.parent / "shared")).resolve()
+ASSETS = SHARED / "assets"
+STANDIN_DIR = ASSETS / "standin-trained"
+CONFIG_1M = ASSETS / "tinystories-1m" / "config.json"
+TOKENIZER_DIR = ASSETS / "gpt2-tokenizer"
+NLTK_DATA = ASSETS / "nltk_data"
+CORPUS = SHARED / "data" / "tinystories-valid-sample.txt"
+
+
+def make_random_model_dir(target: Path, seed: int = 0) -> Path:
+    """TinyStories-1M's exact config with random weights (fixed seed) + the real tokenizer,
+    saved in the hub layout so from_pretrained(dir) runs the real loading path."""
+    import torch
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    target.mkdir(parents=True, exist_ok=True)
+    config = GPTNeoConfig.from_pretrained(CONFIG_1M.parent)
+    torch.manual_seed(seed)
+    model = GPTNeoForCausalLM(config)
+    model.save_pretrained(target, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(TOKENIZER_DIR / name, target / name)
+    return target
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_ready(base_url: str, timeout: float = 60.0, process=None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"server exited early with code {process.returncode}")
+        try:
+            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{base_url} not ready after {timeout}s")
+
+
+class ServerThread:
+    """A real uvicorn server on 127.0.0.1 (free port) running an app in a background thread."""
+
+    def __init__(self, app, **config) -> None:
+        import uvicorn
+
+        self.config = uvicorn.Config(
+            app, host="127.0.0.1", port=free_port(), log_level="warning", **config
+        )
+        self.server = uvicorn.Server(self.config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.port}"
+
+    def __enter__(self) -> ServerThread:
+        self.thread.start()
+        wait_until_ready(self.base_url)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+
+
+def server_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"NLTK_DATA": str(NLTK_DATA), "HF_HUB_OFFLINE": "1", "HEADSCOPE_OFFLINE": "1"})
+    env.update(extra)
+    return env
+
+
+@contextmanager
+def serve_process(
+    *args: str, env: dict[str, str] | None = None, ready_timeout: float = 60.0
+) -> Iterator[tuple[str, subprocess.Popen]]:
+    """`headscope serve` as a real subprocess on a free port; yields (base_url, process)."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "headscope.cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *args,
+    ]
+    process = subprocess.Popen(
+        command,
+        env=env or server_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    base_url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(base_url, ready_timeout, process)
+        yield base_url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
