@@ -194,4 +194,4 @@ class ErrorBody(BaseModel):
 
 
 class ErrorResponse(BaseModel):
-    error: ErrorBody
+    error: ErrorBody = Field(description="The error; every 4xx and 5xx has this one shape.")

@@ -1,0 +1,57 @@
+"""TinyStories text: read sequences from a local file, or fetch the validation split from the hub."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from headscope.errors import StartupError
+
+HUB_DATASET = "roneneldan/TinyStories"
+HUB_VALIDATION_FILE = "TinyStories-valid.txt"
+END_OF_TEXT = "<|endoftext|>"
+_SEPARATOR = re.compile(r"\n\s*\n|^\s*<\|endoftext\|>\s*$", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    source: str  # the path, or "hub:<dataset>/<file>"
+    sha256: str  # of the file's bytes
+    sequences: list[str]
+
+
+def split_sequences(text: str) -> list[str]:
+    """Sequences separated by a blank line or by a line holding only <|endoftext|>."""
+    return [part.strip() for part in _SEPARATOR.split(text) if part and part.strip()]
+
+
+def read_corpus(path: str | Path) -> Corpus:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise StartupError(f"Cannot read corpus file '{path}': {err.strerror}") from err
+    text = data.decode("utf-8", errors="replace")
+    return Corpus(str(path), hashlib.sha256(data).hexdigest(), split_sequences(text))
+
+
+def fetch_validation_corpus() -> Corpus:
+    """The TinyStories validation split from the hub (cached by huggingface_hub)."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(HUB_DATASET, HUB_VALIDATION_FILE, repo_type="dataset")
+    except Exception as err:  # noqa: BLE001 - every hub failure becomes one clear message
+        raise StartupError(
+            f"Could not fetch {HUB_DATASET}/{HUB_VALIDATION_FILE} from the hub "
+            f"({type(err).__name__}). Offline? Pass --corpus PATH (or HEADSCOPE_CORPUS) with a "
+            "text file of stories separated by blank lines or <|endoftext|> lines."
+        ) from err
+    corpus = read_corpus(path)
+    return Corpus(f"hub:{HUB_DATASET}/{HUB_VALIDATION_FILE}", corpus.sha256, corpus.sequences)
+
+
+def load_corpus(path: str | Path | None) -> Corpus:
+    return read_corpus(path) if path else fetch_validation_corpus()
