@@ -63,6 +63,7 @@ def random_runtime(random_model_dir):
 def api(settings, runtime):
     """In-process client over the real app (lifespan runs, reusing the session runtime)."""
     from fastapi.testclient import TestClient
+
     from headscope.app import create_app
 
     with TestClient(create_app(settings, runtime=runtime)) as client:

@@ -1,4 +1,4 @@
-"""TinyStories text: read sequences from a local file, or fetch the validation split from the hub."""
+"""TinyStories text: sequences from a local file, or the validation split from the hub."""
 
 from __future__ import annotations
 
