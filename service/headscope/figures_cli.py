@@ -180,7 +180,8 @@ def write_figure(args: argparse.Namespace) -> int:
     from headscope.runtime.corpus import CorpusAnalysis
     from headscope.runtime.figures import Figures
 
-    runtime = load_runtime(settings)
+    # Figures need no probes; a corrupt probe run must not stop them.
+    runtime = load_runtime(settings, load_probes=False)
     figures = Figures(runtime, CorpusAnalysis(runtime, settings))
     try:
         data = getattr(figures, FIGURES[args.figure][1])(query)
