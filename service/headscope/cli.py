@@ -15,7 +15,7 @@ from headscope.settings import Settings
 log = logging.getLogger("headscope")
 
 # Subcommand modules, imported lazily so `headscope serve` loads nothing it does not need.
-SUBCOMMAND_MODULES: list[str] = []
+SUBCOMMAND_MODULES: list[str] = ["headscope.figures_cli", "headscope.probes_cli"]
 
 
 def _flag(name: str) -> str:
@@ -56,30 +56,79 @@ SERVE_SETTINGS = [
     "max_concurrency",
     "max_queue",
     "torch_threads",
+    "analysis_cache_mb",
     "probes",
     "store",
     "allow_missing_probes",
     "train_probes_if_missing",
+    "probes_max_sequences",
     "corpus",
+    "corpus_max_sequences",
+    "corpus_max_tokens",
+    "corpus_cache_size",
+    "max_headers",
+    "max_header_bytes",
+    "keep_alive_timeout",
+    "drain_timeout",
     "log_level",
 ]
 
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
+# uvicorn's exit status when the server could not start (e.g. the port is taken).
+STARTUP_FAILURE = 3
 
-def serve(args: argparse.Namespace) -> int:
+
+def uvicorn_config(app, settings: Settings):  # -> uvicorn.Config
+    """The server's protocol limits, from the settings (also used by the tests)."""
     import uvicorn
 
-    from headscope.app import create_app
-    from headscope.runtime import load_runtime
+    from headscope.middleware import envelope_h11_protocol
+
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=int(settings.port),
+        log_level=settings.log_level,
+        # h11 pinned: the head-size limit below is h11's (httptools, if installed, would ignore it).
+        http=envelope_h11_protocol(),
+        h11_max_incomplete_event_size=settings.max_header_bytes,
+        timeout_keep_alive=settings.keep_alive_timeout,
+        # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then
+        # cancels what is left; the lifespan then drops queued analyses and exits.
+        timeout_graceful_shutdown=settings.drain_timeout,
+        server_header=False,
+        lifespan="on",
+    )
+
+
+def serve(args: argparse.Namespace) -> int:
+    from headscope.preflight import check_artifacts
 
     settings = settings_from_args(args, SERVE_SETTINGS)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # Truncated or tampered files stop the server in a second, before the slow imports below.
+    check_artifacts(settings)
+
+    import uvicorn
+
+    from headscope.app import create_app
+    from headscope.runtime import load_runtime
+
     # Load before binding the port, so a missing file fails fast with a clear message.
     runtime = load_runtime(settings)
     app = create_app(settings, runtime=runtime)
-    uvicorn.run(app, host=settings.host, port=int(settings.port), log_level=settings.log_level)
-    return 0
+    if settings.api_key is None and settings.host not in LOOPBACK_HOSTS:
+        log.warning(
+            "Listening on %s with no API key: anyone who can reach port %s can use the API. "
+            "Set HEADSCOPE_API_KEY, or bind 127.0.0.1.",
+            settings.host,
+            settings.port,
+        )
+    server = uvicorn.Server(uvicorn_config(app, settings))
+    server.run()
+    return 0 if server.started else STARTUP_FAILURE
 
 
 def build_parser() -> tuple[
