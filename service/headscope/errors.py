@@ -76,5 +76,10 @@ class ProbesNotLoaded(HeadscopeError):
     code = "probes_not_loaded"
 
 
+class CorpusUnavailable(HeadscopeError):
+    status_code = 503
+    code = "corpus_unavailable"
+
+
 class StartupError(Exception):
     """Raised while loading; the CLI prints the message and exits non-zero."""

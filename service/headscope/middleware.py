@@ -1,15 +1,140 @@
-"""ASGI middleware that must act before FastAPI reads a body."""
+"""What acts before FastAPI reads a request: header count, API key, body size, malformed HTTP.
+
+Each refuses with the one error envelope `{"error": {"code", "message", "detail"}}` and never
+reads more of the request than it needs to decide. `install_middleware` adds them in order, the
+outermost first: header limit, then API key (so a caller without the key learns nothing else,
+and its body is never read), then body size.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
+from collections.abc import Iterable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+PUBLIC_PATHS = ("/healthz", "/readyz")
+
 
 def error_body(code: str, message: str, detail: object = None) -> bytes:
     return json.dumps({"error": {"code": code, "message": message, "detail": detail}}).encode()
+
+
+async def send_error(
+    send: Send,
+    status: int,
+    code: str,
+    message: str,
+    detail: object = None,
+    headers: Iterable[tuple[bytes, bytes]] = (),
+) -> None:
+    body = error_body(code, message, detail)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def bearer_key_matches(authorization: bytes | str | None, expected: str) -> bool:
+    """True when `authorization` is `Bearer <expected>`; the key is compared in constant time."""
+    if not authorization:
+        return False
+    if isinstance(authorization, str):
+        authorization = authorization.encode("latin-1", errors="replace")
+    scheme, _, presented = authorization.strip().partition(b" ")
+    # Constant time, so response timing does not reveal how much of a guessed key was right;
+    # comparing digests also hides the key's length.
+    same_key = hmac.compare_digest(
+        hashlib.sha256(presented.strip()).digest(), hashlib.sha256(expected.encode()).digest()
+    )
+    return scheme.lower() == b"bearer" and same_key
+
+
+class HeaderLimitMiddleware:
+    """Refuse a request with more than `max_headers` headers, or more than `max_header_bytes` of
+    them, with 431.
+
+    uvicorn's h11 bounds only what it buffers while a head is incomplete (a head that arrives
+    in one read passes whatever its size), so both limits are enforced exactly here; and a
+    header count costs the app per-header work however short each header is.
+    """
+
+    def __init__(self, app: ASGIApp, max_headers: int, max_header_bytes: int) -> None:
+        self.app = app
+        self.max_headers = max_headers
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope.get("headers", ())
+        size = sum(len(name) + len(value) for name, value in headers)
+        if len(headers) > self.max_headers:
+            message = f"Request has {len(headers)} headers; the limit is {self.max_headers}."
+            code = "too_many_headers"
+        elif size > self.max_header_bytes:
+            message = f"Request headers total {size} bytes; the limit is {self.max_header_bytes}."
+            code = "headers_too_large"
+        else:
+            await self.app(scope, receive, send)
+            return
+        detail = {
+            "headers": len(headers),
+            "header_bytes": size,
+            "max_headers": self.max_headers,
+            "max_header_bytes": self.max_header_bytes,
+        }
+        await send_error(send, 431, code, message, detail, [(b"connection", b"close")])
+
+
+class ApiKeyMiddleware:
+    """With a key configured, every path but `public_paths` needs `Authorization: Bearer <key>`.
+
+    Deny by default: a route added later is protected without anyone remembering to protect it,
+    and an unknown path answers 401 rather than revealing which paths exist.
+    """
+
+    def __init__(self, app: ASGIApp, api_key: str | None, public_paths: Iterable[str]) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.public_paths = frozenset(public_paths)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.api_key is None or scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        root_path = scope.get("root_path", "")
+        if root_path and path.startswith(root_path):
+            path = path[len(root_path) :]
+        if path in self.public_paths:
+            await self.app(scope, receive, send)
+            return
+        authorization = next(
+            (value for name, value in scope.get("headers", ()) if name == b"authorization"), None
+        )
+        if not bearer_key_matches(authorization, self.api_key):
+            await send_error(
+                send,
+                401,
+                "unauthorized",
+                "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                headers=[(b"www-authenticate", b"Bearer")],
+            )
+            return
+        await self.app(scope, receive, send)
 
 
 class BodyTooLargeInStream(HTTPException):
@@ -17,6 +142,8 @@ class BodyTooLargeInStream(HTTPException):
 
     def __init__(self, max_bytes: int) -> None:
         super().__init__(413, f"Request body is larger than the limit of {max_bytes} bytes.")
+        self.error_code = "body_too_large"
+        self.error_detail = {"max_bytes": max_bytes}
 
 
 class BodyLimitMiddleware:
@@ -27,23 +154,14 @@ class BodyLimitMiddleware:
         self.max_bytes = max_bytes
 
     async def _refuse(self, send: Send) -> None:
-        body = error_body(
+        await send_error(
+            send,
+            413,
             "body_too_large",
             f"Request body is larger than the limit of {self.max_bytes} bytes.",
             {"max_bytes": self.max_bytes},
+            [(b"connection", b"close")],
         )
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -82,3 +200,43 @@ class BodyLimitMiddleware:
         except BodyTooLargeInStream:
             if not response_started:
                 await self._refuse(send)
+
+
+def envelope_h11_protocol() -> type:
+    """uvicorn's h11 protocol, but a request too malformed to reach the app (bad framing, a head
+    over the size limit) is answered with the JSON envelope too, instead of plain text."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class EnvelopeH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            body = error_body("bad_http_request", f"Malformed HTTP request: {msg}")
+            headers = [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                (b"connection", b"close"),
+            ]
+            response = h11.Response(status_code=400, headers=headers, reason=b"Bad Request")
+            for event in (response, h11.Data(data=body), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+            self.transport.close()
+
+    return EnvelopeH11Protocol
+
+
+def install_middleware(app, settings) -> None:
+    """Add the guards to a FastAPI app; the last one added runs first."""
+    public_paths = set(PUBLIC_PATHS)
+    for docs_path in (app.openapi_url, app.docs_url, app.redoc_url):
+        if docs_path:
+            public_paths.add(docs_path)
+    if app.docs_url and app.swagger_ui_oauth2_redirect_url:
+        public_paths.add(app.swagger_ui_oauth2_redirect_url)
+    api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(ApiKeyMiddleware, api_key=api_key, public_paths=public_paths)
+    app.add_middleware(
+        HeaderLimitMiddleware,
+        max_headers=settings.max_headers,
+        max_header_bytes=settings.max_header_bytes,
+    )
