@@ -12,7 +12,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar, cast
 
@@ -63,8 +63,10 @@ class APICall(Generic[ResultT]):
     result: type[ResultT]
     json: Any = None
     params: dict[str, Any] | None = None
-    # Statuses other than 2xx whose body is still a result (GET /readyz answers 503 + a body).
+    # Statuses other than 2xx that are still an answer (GET /readyz: 503 means "not ready"),
+    # turned into a result from the error envelope's message.
     result_statuses: frozenset[int] = field(default_factory=frozenset)
+    result_from_error: Callable[[str], ResultT] | None = None
     retry: bool = True
 
 
@@ -137,7 +139,12 @@ class BaseClient:
     def _ready_call(self) -> APICall[models.Ready]:
         # Not ready is an answer here, not an error to wait out.
         return APICall(
-            "GET", "/readyz", models.Ready, result_statuses=frozenset({503}), retry=False
+            "GET",
+            "/readyz",
+            models.Ready,
+            result_statuses=frozenset({503}),
+            result_from_error=lambda message: models.Ready(ready=False, probes_reason=message),
+            retry=False,
         )
 
     def _model_call(self) -> APICall[models.ModelInfo]:
@@ -429,6 +436,8 @@ class BaseClient:
                     response=response,
                 )
             return cast(ResultT, response.content)
+        if not response.is_success and call.result_from_error is not None:
+            return call.result_from_error(make_status_error(response).message)
         model = cast(type[BaseModel], call.result)
         try:
             return cast(ResultT, model.model_validate_json(response.content))

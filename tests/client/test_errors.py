@@ -149,7 +149,7 @@ def test_success_with_a_wrong_body_is_a_response_validation_error(scripted):
 
 
 def test_ready_reports_not_ready_instead_of_raising(scripted):
-    body = {"ready": False, "model_id": None, "probes": "unavailable", "probes_reason": "loading"}
+    body = {"error": {"code": "not_ready", "message": "loading", "detail": None}}
     scripted.reset({"/readyz": [Step(503, body)]})
     with Client(scripted.base_url) as client:
         ready = client.ready()

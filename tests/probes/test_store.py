@@ -113,6 +113,7 @@ def test_tampered_weights_are_refused(probe_run_dir, runtime, settings, tmp_path
         attach_probes(probed, settings.model_copy(update={"probes": run}))
     attach_probes(probed, settings.model_copy(update={"probes": run, "allow_missing_probes": True}))
     assert probed.probes is None and "sha256" in probed.probes_reason
+    assert str(run) not in probed.probes_reason  # no server paths in what HTTP bodies show
 
 
 def test_a_run_for_another_model_is_refused(probe_run_dir, random_runtime, random_model_dir):
@@ -122,6 +123,7 @@ def test_a_run_for_another_model_is_refused(probe_run_dir, random_runtime, rando
         attach_probes(probed, other)
     attach_probes(probed, other.model_copy(update={"allow_missing_probes": True}))
     assert probed.probes is None and "model fingerprint" in probed.probes_reason
+    assert str(probe_run_dir) not in probed.probes_reason
 
 
 def test_newest_matching_run_is_chosen(probe_run_dir, runtime, settings, tmp_path):

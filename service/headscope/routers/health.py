@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from headscope.schemas import HealthResponse, ReadyResponse
+from headscope.errors import NotReady
+from headscope.schemas import ErrorResponse, HealthResponse, ReadyResponse
 
 router = APIRouter(tags=["health"])
 
@@ -16,13 +17,12 @@ async def healthz() -> HealthResponse:
     return HealthResponse(status="ok")
 
 
-@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ReadyResponse}})
+@router.get("/readyz", response_model=ReadyResponse, responses={503: {"model": ErrorResponse}})
 async def readyz(request: Request) -> JSONResponse:
-    """The model is loaded (503 until then); also says whether probes are available."""
+    """The model is loaded (503 with the error envelope until then); says whether probes are."""
     runtime = getattr(request.app.state, "runtime", None)
     if runtime is None:
-        body = ReadyResponse(ready=False, probes_reason="The model is still loading.")
-        return JSONResponse(body.model_dump(), status_code=503)
+        raise NotReady("The model is still loading.", headers={"Retry-After": "1"})
     body = ReadyResponse(
         ready=True,
         model_id=runtime.files.model_id,

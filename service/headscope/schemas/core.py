@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from headscope.schemas.output import OutputOptions, PatternOutputOptions
+
 __all__ = [
     "ActivityRequest",
     "ActivityResponse",
@@ -21,6 +23,7 @@ __all__ = [
     "HealthResponse",
     "ModelInfo",
     "ReadyResponse",
+    "BodyModel",
     "RequestModel",
     "TagRequest",
     "TagResponse",
@@ -37,7 +40,16 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class TextRequest(RequestModel):
+class BodyModel(RequestModel):
+    """Base of JSON request bodies: strict types as well, so `true` is never read as layer 1.
+
+    Query-string models stay lax: there every value arrives as text.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class TextRequest(BodyModel):
     text: str = Field(
         description="The text to analyse. Tokenized with the model's tokenizer; at most "
         "`max_tokens` tokens (see GET /v1/model)."
@@ -82,7 +94,7 @@ class TagResponse(BaseModel):
     tokens: list[Token] = Field(description="The model tokens with their POS tags.")
 
 
-class ActivityRequest(TextRequest):
+class ActivityRequest(OutputOptions, TextRequest):
     layers: list[int] | None = Field(
         default=None, description="Layers to report, from 0. Default: all layers."
     )
@@ -101,7 +113,7 @@ class ActivityResponse(BaseModel):
     )
 
 
-class AttentionRequest(TextRequest):
+class AttentionRequest(PatternOutputOptions, TextRequest):
     layer: int = Field(description="Layer, from 0.")
     head: int = Field(description="Head within the layer, from 0.")
     query: int | None = Field(
@@ -122,12 +134,12 @@ class AttentionResponse(BaseModel):
     )
 
 
-class HeadRef(RequestModel):
+class HeadRef(BodyModel):
     layer: int = Field(description="Layer, from 0.")
     head: int = Field(description="Head within the layer, from 0.")
 
 
-class AnalyzeRequest(TextRequest):
+class AnalyzeRequest(PatternOutputOptions, TextRequest):
     patterns: list[HeadRef] = Field(
         default_factory=list,
         description="Heads whose full attention pattern to return. Activity is always returned "

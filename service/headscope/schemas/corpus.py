@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from headscope.schemas.core import RequestModel
+from headscope.schemas.core import BodyModel, RequestModel
 from headscope.schemas.probes import ProbeMetric
 
 __all__ = [
@@ -54,7 +54,7 @@ def _valid_unicode(text: str | None) -> str | None:
 # -- what to analyse ---------------------------------------------------------------------------
 
 
-class CorpusSourceRequest(RequestModel):
+class CorpusSourceRequest(BodyModel):
     texts: list[str] | None = Field(
         default=None,
         description="The sequences to analyse, each at most `max_tokens` tokens. Leave out to "

@@ -22,7 +22,7 @@ from headscope.settings import Settings
 log = logging.getLogger("headscope.probes")
 
 HOW_TO_TRAIN = (
-    "Train a run with: headscope probes train --model {model} --corpus PATH "
+    "Train a run with: headscope probes train --model MODEL --corpus PATH --store STORE "
     "(or start the server with --train-probes-if-missing)."
 )
 
@@ -40,7 +40,10 @@ def attach_probes(runtime, settings: Settings) -> None:
                 f"{err} {fix} with --allow-missing-probes (HEADSCOPE_ALLOW_MISSING_PROBES=1) to "
                 "serve without probes."
             ) from err
-        run, reason = None, f"Probes unavailable: {err}"
+        # The full message (with file paths) goes to the log; HTTP bodies get no server paths.
+        log.warning("Starting without probes: %s", err)
+        check = f"the {err.check} check" if isinstance(err, ProbeRunError) else "loading"
+        run, reason = None, f"Probes unavailable: the probe run failed {check}; see the server log."
     runtime.probes = run
     runtime.probes_reason = reason
     if run is None:
@@ -68,9 +71,10 @@ def _choose_run(runtime, settings: Settings) -> tuple[ProbeRun | None, str | Non
     if settings.train_probes_if_missing:
         return _train_default_run(runtime, settings), None
     others = f" ({len(runs)} run(s) there are for other models)" if runs else ""
+    log.info("No probe run for this model in '%s'", settings.store)
     reason = (
-        f"No probe run for this model (weights sha256 {fingerprint[:12]}…) in "
-        f"'{settings.store}'{others}. " + HOW_TO_TRAIN.format(model=settings.model)
+        f"No probe run for this model (weights sha256 {fingerprint[:12]}…) in the probe store "
+        f"(HEADSCOPE_STORE){others}. " + HOW_TO_TRAIN
     )
     return None, reason
 
