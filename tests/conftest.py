@@ -6,7 +6,14 @@ import os
 
 import pytest
 
-from tests.helpers import NLTK_DATA, SHARED, STANDIN_DIR, ServerThread, make_random_model_dir
+from tests.helpers import (
+    CORPUS,
+    NLTK_DATA,
+    SHARED,
+    STANDIN_DIR,
+    ServerThread,
+    make_random_model_dir,
+)
 
 # Offline and pointed at ../shared before anything imports nltk or transformers.
 os.environ.setdefault("NLTK_DATA", str(NLTK_DATA))
@@ -77,3 +84,49 @@ def live_server(settings, runtime):
 
     with ServerThread(create_app(settings, runtime=runtime)) as server:
         yield server.base_url
+
+
+# -- probes ------------------------------------------------------------------------------------
+# One small probe run, trained once per session on a slice of the shared corpus with the session
+# runtime (seconds); `probes_runtime` is a copy of the session runtime with that run attached
+# through the real loader, so `runtime` itself stays probe-free.
+PROBE_TRAIN_SEQUENCES = 24  # per split
+
+
+@pytest.fixture(scope="session")
+def probe_run_dir(runtime, tmp_path_factory):
+    from headscope.runtime.corpus_text import load_corpus
+    from headscope.runtime.probes import TrainConfig, train_probe_run
+    from headscope.runtime.probes.features import no_progress
+
+    store = tmp_path_factory.mktemp("probe-store")
+    trained = train_probe_run(
+        runtime,
+        load_corpus(CORPUS),
+        TrainConfig(max_sequences=PROBE_TRAIN_SEQUENCES),
+        store=store,
+        progress=no_progress,
+    )
+    return trained.directory
+
+
+@pytest.fixture(scope="session")
+def probes_runtime(runtime, settings, probe_run_dir):
+    import copy
+
+    from headscope.runtime.probes import attach_probes
+
+    probed = copy.copy(runtime)
+    attach_probes(probed, settings.model_copy(update={"probes": probe_run_dir}))
+    return probed
+
+
+@pytest.fixture()
+def probes_api(settings, probes_runtime):
+    """In-process client over the real app, with the session probe run loaded."""
+    from fastapi.testclient import TestClient
+
+    from headscope.app import create_app
+
+    with TestClient(create_app(settings, runtime=probes_runtime)) as client:
+        yield client

@@ -16,8 +16,8 @@ from headscope import __version__
 from headscope.concurrency import AnalysisPool
 from headscope.deps import require_api_key
 from headscope.errors import HeadscopeError
-from headscope.middleware import BodyLimitMiddleware
-from headscope.routers import analysis, health, model
+from headscope.middleware import install_middleware
+from headscope.routers import analysis, corpus, figures, health, model, probes
 from headscope.schemas import ErrorResponse
 from headscope.settings import Settings
 
@@ -60,11 +60,23 @@ def envelope(
     )
 
 
+# FastAPI's words when the body is not parseable JSON at all (bad UTF-8, nesting deeper than the
+# parser's recursion limit, an integer of thousands of digits).
+FASTAPI_BODY_PARSE_ERROR = "There was an error parsing the body"
+
+
+def _printable(part: object, limit: int = 100) -> str:
+    # A location can hold a caller's field name: keep it short and encodable (a lone surrogate
+    # in it would otherwise break the UTF-8 response and turn a 422 into a 500).
+    text = str(part)[:limit]
+    return text.encode("utf-8", errors="backslashreplace").decode("utf-8")
+
+
 def _validation_detail(error: RequestValidationError) -> list[dict[str, Any]]:
     # Only location, message and type: echoing the input could be huge or not JSON-safe.
     return [
         {
-            "loc": [str(part) for part in item.get("loc", ())],
+            "loc": [_printable(part) for part in item.get("loc", ())],
             "msg": item.get("msg", ""),
             "type": item.get("type", ""),
         }
@@ -96,8 +108,19 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, error: StarletteHTTPException) -> JSONResponse:
-        code = STATUS_CODES.get(error.status_code, "http_error")
-        return envelope(error.status_code, code, str(error.detail), None, error.headers)
+        if error.status_code == 400 and error.detail == FASTAPI_BODY_PARSE_ERROR:
+            return envelope(
+                400,
+                "invalid_json",
+                "Request body is not valid JSON (invalid UTF-8, nested too deeply, or a number "
+                "too long to parse).",
+            )
+        # Middleware raising from inside the body stream attaches its own code and detail.
+        code = getattr(error, "error_code", None) or STATUS_CODES.get(
+            error.status_code, "http_error"
+        )
+        detail = getattr(error, "error_detail", None)
+        return envelope(error.status_code, code, str(error.detail), detail, error.headers)
 
     @app.exception_handler(Exception)
     async def unexpected_error(_: Request, error: Exception) -> JSONResponse:
@@ -138,7 +161,7 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
     install_error_handlers(app)
     app.include_router(health.router)
     protected = [Depends(require_api_key)]
-    for router in (model.router, analysis.router):
+    for router in (model.router, analysis.router, corpus.router, figures.router, probes.router):
         app.include_router(router, dependencies=protected)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_middleware(app, settings)
     return app

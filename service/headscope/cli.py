@@ -89,7 +89,9 @@ def uvicorn_config(app, settings: Settings):  # -> uvicorn.Config
         host=settings.host,
         port=int(settings.port),
         log_level=settings.log_level,
-        # h11 pinned: the head-size limit below is h11's (httptools, if installed, would ignore it).
+        # h11 pinned (httptools, if installed, would ignore the cap below), answering malformed
+        # requests with the JSON envelope. The cap stops a request head that never ends; the
+        # exact header limits are HeaderLimitMiddleware's.
         http=envelope_h11_protocol(),
         h11_max_incomplete_event_size=settings.max_header_bytes,
         timeout_keep_alive=settings.keep_alive_timeout,

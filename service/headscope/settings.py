@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL = "roneneldan/TinyStories-1M"
@@ -37,7 +37,18 @@ class Settings(BaseSettings):
         default=64, ge=0, description="Analyses waiting beyond those running; past it, 429."
     )
     torch_threads: int | None = Field(
-        default=None, description="torch intra-op threads (default: torch's own choice)."
+        default=1,
+        ge=1,
+        description="torch intra-op threads per analysis. 1 (default) suits a small box: "
+        "`max_concurrency` analyses already run in parallel, and more threads per analysis "
+        "contend for the same cores (measured: tiny ops 5-15x slower with 2 threads on 2 "
+        "busy cores). Unset: torch's own choice.",
+    )
+    analysis_cache_mb: int = Field(
+        default=64,
+        ge=0,
+        description="Memory for cached analysis results (LRU by model fingerprint, endpoint, "
+        "text and options); 0 turns the cache off.",
     )
     probes: Path | None = Field(
         default=None, description="Probe run folder to load (default: newest matching run)."
@@ -51,12 +62,61 @@ class Settings(BaseSettings):
     train_probes_if_missing: bool = Field(
         default=False, description="Train a default probe run at startup when none matches."
     )
+    probes_max_sequences: int = Field(
+        default=200,
+        ge=1,
+        description="Sequences per split (train and test) when probes are trained at startup; "
+        "the paper used 200 + 200.",
+    )
     corpus: str | None = Field(
         default=None,
         description="Text file of TinyStories sequences for corpus endpoints and probe training "
         "(default: the validation split from the hub).",
     )
+    corpus_max_sequences: int = Field(
+        default=1000,
+        ge=1,
+        description="Most sequences one corpus request may analyse (`texts` over it: 413; "
+        "`n_sequences` over it: 422).",
+    )
+    corpus_max_tokens: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most tokens, summed over all sequences, one corpus request may analyse (413).",
+    )
+    corpus_cache_size: int = Field(
+        default=64,
+        ge=0,
+        description="Corpus results kept in memory (LRU, per model and request); 0 turns it off.",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but health and docs needs this bearer key."
     )
+    max_headers: int = Field(
+        default=100, ge=1, description="Most headers one request may send; past it, 431."
+    )
+    max_header_bytes: int = Field(
+        default=65_536,
+        ge=1024,
+        description="Most bytes of request headers (names + values); past it, 431 (and a head "
+        "still arriving past it is cut off with 400).",
+    )
+    keep_alive_timeout: int = Field(
+        default=5, ge=1, description="Seconds an idle keep-alive connection stays open."
+    )
+    drain_timeout: int = Field(
+        default=20,
+        ge=0,
+        description="On SIGTERM/SIGINT: seconds in-flight requests get to finish (new connections "
+        "are refused meanwhile) before the server closes them and exits.",
+    )
     log_level: str = Field(default="info", description="Log level.")
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _blank_key_is_no_key(cls, value: object) -> object:
+        # `HEADSCOPE_API_KEY=` (e.g. docker compose's `${HEADSCOPE_API_KEY:-}`) means "no key",
+        # never "the empty key", which an empty bearer header would match.
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value

@@ -4,6 +4,16 @@ z = pattern · values, contributions z_h · W_O[:, h-slice]ᵀ and their L2 norm
 This is a second implementation of GPT-Neo's attention, written from the weights, so its numbers
 can be checked against Hugging Face's own forward pass. It stops after the last layer asked for
 and never computes the LM head.
+
+Two paths compute the same quantities:
+- the plain path (`plain=True`) spells the arithmetic out op by op, and is the reference the fast
+  path is tested against;
+- the fast path (the default) does the same arithmetic with fewer, larger kernels: one fused QKV
+  projection, the causal mask added inside the score GEMM, softmax in place, patterns written
+  straight into their output buffer, long sequences in blocks of query rows over only the keys
+  they can see, the fused tanh-GELU, and no nn.Module dispatch. Its numbers differ from the
+  plain path only by float32 summation order (a few 1e-6 at most on the stand-in weights; the
+  tests hold it to 1e-5), and are the same whatever a request keeps.
 """
 
 from __future__ import annotations
@@ -12,7 +22,14 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+# Up to this many tokens, patterns are computed whole; longer sequences go by blocks of
+# QUERY_BLOCK query rows (measured crossover ~180 tokens: whole is ~10% faster at 155 tokens,
+# blocks ~20% faster at 200).
+WHOLE_UP_TO = 192
+QUERY_BLOCK = 128
 
 
 @dataclass(frozen=True)
@@ -30,7 +47,8 @@ class Geometry:
 class EngineOutput:
     """Results for a batch of right-padded sequences; positions past a sequence's length are junk.
 
-    Only what was asked for is filled in; layers past `last_layer` are absent.
+    Only what was asked for is filled in; layers past `last_layer` are absent. The fast path
+    returns `all_patterns` as a view of a [layer, batch, ...] buffer (not contiguous for batch > 1).
     """
 
     activity: Tensor  # [batch, layer, head, token]
@@ -41,6 +59,22 @@ class EngineOutput:
     values: Tensor | None = None  # [batch, layer, head, token, d_head]
     contributions: Tensor | None = None  # [batch, layer, head, token, d_model]
     attention_outputs: Tensor | None = None  # [batch, layer, token, d_model], incl. out_proj bias
+
+
+@dataclass(frozen=True)
+class _LayerWeights:
+    """One block's weights as plain tensors, so the fast path skips nn.Module dispatch."""
+
+    ln_1: tuple[Tensor, Tensor, float]  # weight, bias, eps
+    ln_2: tuple[Tensor, Tensor, float]
+    w_qkv: Tensor  # [3 * d_model, d_model]: q_proj, k_proj, v_proj stacked (none has a bias)
+    w_o: Tensor  # [d_model, d_model]
+    b_o: Tensor  # [d_model]
+    w_o_by_head_t: Tensor  # [head, d_head, d_model]: contribution = z_h @ this[h]
+    w_fc: Tensor
+    b_fc: Tensor
+    w_proj: Tensor
+    b_proj: Tensor
 
 
 class AnalysisEngine:
@@ -66,6 +100,37 @@ class AnalysisEngine:
             .contiguous()  # [head, d_model, d_head]
             for block in model.h
         ]
+        self._layers = [self._layer_weights(block, index) for index, block in enumerate(model.h)]
+        self._wte = model.wte.weight.detach()  # [vocab, d_model]
+        self._wpe = model.wpe.weight.detach()  # [position, d_model]
+        # HF's "gelu_new" is the tanh approximation written out in six elementwise ops; the fused
+        # kernel computes the same function in one pass. Any other activation keeps HF's module.
+        activation = getattr(config, "activation_function", "gelu_new")
+        self._activation = (
+            (lambda x: F.gelu(x, approximate="tanh"))
+            if activation in ("gelu_new", "gelu_pytorch_tanh")
+            else model.h[0].mlp.act
+        )
+        self._mask_bias: dict[str, Tensor] = {}
+
+    def _layer_weights(self, block, layer: int) -> _LayerWeights:
+        attention = block.attn.attention
+        return _LayerWeights(
+            ln_1=(block.ln_1.weight.detach(), block.ln_1.bias.detach(), block.ln_1.eps),
+            ln_2=(block.ln_2.weight.detach(), block.ln_2.bias.detach(), block.ln_2.eps),
+            w_qkv=torch.cat(
+                [attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight]
+            )
+            .detach()
+            .contiguous(),
+            w_o=attention.out_proj.weight.detach(),
+            b_o=attention.out_proj.bias.detach(),
+            w_o_by_head_t=self._w_o_by_head[layer].transpose(1, 2).contiguous(),
+            w_fc=block.mlp.c_fc.weight.detach(),
+            b_fc=block.mlp.c_fc.bias.detach(),
+            w_proj=block.mlp.c_proj.weight.detach(),
+            b_proj=block.mlp.c_proj.bias.detach(),
+        )
 
     def causal_mask(self, layer: int, length: int) -> Tensor:
         """[q, k] True where query q may see key k."""
@@ -78,7 +143,22 @@ class AnalysisEngine:
             visible &= offsets < self.geometry.window_size
         return visible
 
-    @torch.inference_mode()
+    def mask_bias(self, layer: int, length: int) -> Tensor:
+        """[q, k] additive mask: 0 where visible, float32 min where not (as HF fills it).
+
+        Adding the minimum instead of replacing by it gives the same softmax: a hidden score ends
+        at or below the minimum either way, and exp() of it underflows to exactly 0. Built once
+        per attention type, for the next power of two of the length, and sliced.
+        """
+        kind = self.geometry.attention_layers[layer]
+        bias = self._mask_bias.get(kind)
+        if bias is None or bias.shape[0] < length:
+            size = max(length, min(1 << (length - 1).bit_length(), self.geometry.max_positions))
+            visible = self.causal_mask(layer, size)
+            bias = torch.zeros(size, size).masked_fill_(~visible, torch.finfo(torch.float32).min)
+            self._mask_bias[kind] = bias
+        return bias[:length, :length]
+
     def run(
         self,
         input_ids: Tensor,  # [batch, token], right-padded
@@ -88,10 +168,192 @@ class AnalysisEngine:
         all_patterns: bool = False,
         vectors: bool = False,
         contributions: bool = False,
+        plain: bool = False,
+    ) -> EngineOutput:
+        """One forward pass up to `last_layer` (default: the last), keeping what was asked for.
+
+        `plain=True` runs the op-by-op reference implementation instead of the fast path.
+        """
+        options = dict(
+            last_layer=self.geometry.n_layers - 1 if last_layer is None else last_layer,
+            wanted_patterns=set(patterns),
+            all_patterns=all_patterns,
+            vectors=vectors,
+            contributions=contributions,
+        )
+        with torch.inference_mode():
+            if plain:
+                return self._run_plain(input_ids, **options)
+            return self._run_fast(input_ids, **options)
+
+    # -- the fast path ---------------------------------------------------------------------------
+
+    def _run_fast(
+        self,
+        input_ids: Tensor,
+        *,
+        last_layer: int,
+        wanted_patterns: set[tuple[int, int]],
+        all_patterns: bool,
+        vectors: bool,
+        contributions: bool,
     ) -> EngineOutput:
         g = self.geometry
-        last_layer = g.n_layers - 1 if last_layer is None else last_layer
-        wanted_patterns = set(patterns)
+        batch, length = input_ids.shape
+        n_layers = last_layer + 1
+        hidden = F.embedding(input_ids, self._wte) + self._wpe[:length]  # [batch, token, d_model]
+
+        activity = torch.empty(n_layers, batch, g.n_heads, length)  # [layer, batch, head, token]
+        # Patterns are written straight into their final home: no per-layer list, no stack copy.
+        pattern_store = (
+            torch.empty(n_layers, batch, g.n_heads, length, length) if all_patterns else None
+        )  # [layer, batch, head, q, k]
+        key_stack, query_stack, value_stack = [], [], []
+        contribution_stack, attention_output_stack = [], []
+        kept_patterns: dict[tuple[int, int], Tensor] = {}
+
+        for layer in range(n_layers):
+            weights = self._layers[layer]
+            normed = F.layer_norm(hidden, (g.d_model,), *weights.ln_1)
+            qkv = F.linear(normed, weights.w_qkv)  # [batch, token, 3 * d_model]
+            qkv = qkv.view(batch, length, 3, g.n_heads, g.d_head).permute(2, 0, 3, 1, 4)
+            query, key, value = qkv[0], qkv[1], qkv[2]  # each [batch, head, token, d_head]
+
+            pattern_heads = (
+                list(range(g.n_heads))
+                if all_patterns
+                else sorted(head for (lay, head) in wanted_patterns if lay == layer)
+            )
+            out = pattern_store[layer] if pattern_store is not None else None
+            # pattern: [batch, len(pattern_heads), q, k] or None; z: [batch, head, token, d_head]
+            pattern, z = self._attend(layer, query, key, value, pattern_heads, out)
+            for position, head in enumerate(pattern_heads):
+                if (layer, head) in wanted_patterns:
+                    # A view: the buffer holds only kept heads (or is the all-pattern output).
+                    kept_patterns[(layer, head)] = pattern[:, position]
+
+            contribution = torch.matmul(z, weights.w_o_by_head_t)  # [batch, head, token, d_model]
+            torch.linalg.vector_norm(contribution, dim=-1, out=activity[layer])
+            merged = z.transpose(1, 2).reshape(batch, length, g.d_model)  # [batch, token, h*d]
+            attention_output = F.linear(merged, weights.w_o, weights.b_o)  # [b, token, d_model]
+
+            if vectors:
+                key_stack.append(key)
+                query_stack.append(query)
+                value_stack.append(value)
+            if contributions:
+                contribution_stack.append(contribution)
+                attention_output_stack.append(attention_output)
+
+            if layer == last_layer:
+                break
+            hidden = hidden + attention_output
+            normed = F.layer_norm(hidden, (g.d_model,), *weights.ln_2)
+            mlp = F.linear(self._activation(F.linear(normed, weights.w_fc, weights.b_fc)),
+                           weights.w_proj, weights.b_proj)  # fmt: skip
+            hidden = hidden + mlp
+
+        def stack(tensors: list[Tensor]) -> Tensor | None:
+            return torch.stack(tensors, dim=1) if tensors else None
+
+        return EngineOutput(
+            activity=activity.transpose(0, 1).contiguous(),
+            patterns=kept_patterns,
+            all_patterns=pattern_store.transpose(0, 1) if pattern_store is not None else None,
+            keys=stack(key_stack),
+            queries=stack(query_stack),
+            values=stack(value_stack),
+            contributions=stack(contribution_stack),
+            attention_outputs=stack(attention_output_stack),
+        )
+
+    def _attend(
+        self,
+        layer: int,
+        query: Tensor,  # [batch, head, token, d_head]
+        key: Tensor,
+        value: Tensor,
+        pattern_heads: list[int],
+        out: Tensor | None = None,  # [batch, len(pattern_heads), q, k], to fill in
+    ) -> tuple[Tensor | None, Tensor]:
+        """Attention of every head: z = softmax(q·kᵀ + mask) · v, keeping the patterns of
+        `pattern_heads` only. Returns ([batch, len(pattern_heads), q, k] or None, z).
+
+        GPT-Neo does not divide scores by sqrt(d_head): the model was trained without it.
+        Every request runs the same arithmetic whatever it keeps, so activity is bit-identical
+        between a request that asks for patterns and one that does not.
+        """
+        batch, heads, length, d_head = query.shape
+        queries = query.reshape(batch * heads, length, d_head)
+        keys = key.reshape(batch * heads, length, d_head)
+        values = value.reshape(batch * heads, length, d_head)
+        bias = self.mask_bias(layer, length)
+        every_head = len(pattern_heads) == heads
+        if out is None and pattern_heads:
+            out = torch.empty(batch, len(pattern_heads), length, length)
+
+        if length <= WHOLE_UP_TO:
+            scores = (
+                out.view(batch * heads, length, length)
+                if every_head
+                else torch.empty(batch * heads, length, length)
+            )
+            # The mask is added inside the GEMM (bias + q·kᵀ): one pass over the scores.
+            torch.baddbmm(bias, queries, keys.transpose(1, 2), out=scores)
+            torch.softmax(scores, dim=-1, out=scores)
+            z = self._mix_values(scores, values)
+            if pattern_heads and not every_head:
+                out.copy_(scores.view(batch, heads, length, length)[:, pattern_heads])
+            return out, z.view(batch, heads, length, d_head)
+
+        # Long sequences, one block of query rows at a time over the keys that block can see:
+        # a query never sees later keys (nor, on local layers, keys beyond the window), so those
+        # parts of a pattern are zeros that need no scores, softmax or mixing.
+        local = self.geometry.attention_layers[layer] == "local"
+        window = self.geometry.window_size if local else length
+        z = torch.empty_like(queries)
+        for row_start in range(0, length, QUERY_BLOCK):
+            row_end = min(length, row_start + QUERY_BLOCK)
+            first_key = max(0, row_start - window + 1)
+            scores = torch.baddbmm(
+                bias[row_start:row_end, first_key:row_end],
+                queries[:, row_start:row_end],
+                keys[:, first_key:row_end].transpose(1, 2),
+            )  # [batch·head, rows, visible keys]
+            torch.softmax(scores, dim=-1, out=scores)
+            z[:, row_start:row_end] = self._mix_values(scores, values[:, first_key:row_end])
+            if pattern_heads:
+                kept = scores.view(batch, heads, row_end - row_start, row_end - first_key)
+                if not every_head:
+                    kept = kept[:, pattern_heads]
+                rows = out[:, :, row_start:row_end]
+                rows[..., :first_key] = 0.0
+                rows[..., first_key:row_end] = kept
+                rows[..., row_end:] = 0.0
+        return out, z.view(batch, heads, length, d_head)
+
+    @staticmethod
+    def _mix_values(pattern: Tensor, value: Tensor) -> Tensor:
+        """z = pattern · values, [..., q, k] x [..., k, d_head] -> [..., q, d_head].
+
+        Computed as (vᵀ · patternᵀ)ᵀ: with d_head = 4 the GEMM runs far faster with the long
+        dimension as the output's columns than as its reduction.
+        """
+        return torch.matmul(value.transpose(-1, -2), pattern.transpose(-1, -2)).transpose(-1, -2)
+
+    # -- the plain path (the reference) ----------------------------------------------------------
+
+    def _run_plain(
+        self,
+        input_ids: Tensor,
+        *,
+        last_layer: int,
+        wanted_patterns: set[tuple[int, int]],
+        all_patterns: bool,
+        vectors: bool,
+        contributions: bool,
+    ) -> EngineOutput:
+        g = self.geometry
         batch, length = input_ids.shape
         model = self.model
 

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
+from headscope.encoding import JSON, Precision, Sparsity, encode, to_lists
 from headscope.errors import EmptyText, InputTooLong, InvalidRequest, StartupError, UnknownHead
+from headscope.runtime.cache import AnalysisCache
 from headscope.runtime.engine import AnalysisEngine, EngineOutput
 from headscope.runtime.loading import ModelFiles, load_model, resolve_model_files, sha256_of_files
 from headscope.runtime.tagging import PosTagger
@@ -19,7 +23,6 @@ from headscope.schemas import (
     AnalyzeResponse,
     AttentionRequest,
     AttentionResponse,
-    HeadPattern,
     ModelInfo,
     TagRequest,
     TagResponse,
@@ -38,6 +41,19 @@ class Encoded:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+
+# Ordinary English runs ~4.5 characters a token, so a prefix of 8 characters per allowed token
+# holds more than `max_tokens` tokens of any ordinary over-long text: tokenizing it is enough.
+PREFIX_CHARS_PER_TOKEN = 8
+
+
+def _word_end_before(text: str, position: int) -> int:
+    """The last index <= position where non-whitespace meets whitespace, or 0 if none."""
+    for cut in range(min(position, len(text) - 1), 0, -1):
+        if text[cut].isspace() and not text[cut - 1].isspace():
+            return cut
+    return 0
 
 
 class Runtime:
@@ -65,6 +81,7 @@ class Runtime:
             )
         self.max_tokens = settings.max_tokens
         self.probes = None  # set by the probes loader when a run is loaded
+        self.cache = AnalysisCache(getattr(settings, "analysis_cache_mb", 0) * 2**20)
         self.probes_reason: str | None = "No probe run loaded."
 
     # -- model facts ---------------------------------------------------------------------------
@@ -95,16 +112,59 @@ class Runtime:
 
     # -- input checks --------------------------------------------------------------------------
 
+    @functools.cached_property
+    def _longest_token_chars(self) -> int | None:
+        """Most characters one token can cover, when the tokenizer guarantees a bound.
+
+        Byte-level BPE (GPT-2's, every GPT-Neo's): a token covers the bytes its vocabulary
+        entry spells, one symbol per byte, and a character is at least one byte.
+        """
+        pre_tokenizer = getattr(
+            getattr(self.tokenizer, "backend_tokenizer", None), "pre_tokenizer", None
+        )
+        if type(pre_tokenizer).__name__ != "ByteLevel":
+            return None
+        return max(len(token) for token in self.tokenizer.get_vocab())
+
+    def _too_long(self, at_least: int, how: str) -> InputTooLong:
+        return InputTooLong(
+            f"text has more than {self.max_tokens} tokens (at least {at_least}: {how}); "
+            f"the limit is {self.max_tokens}",
+            detail={"tokens_at_least": at_least, "max_tokens": self.max_tokens},
+        )
+
     def encode(self, text: str) -> Encoded:
-        """Tokenize, enforcing the token limit before any model work."""
-        if not text.strip():
+        """Tokenize, enforcing the token limit before any model work.
+
+        Tokenizing takes time linear in the text (a 1 MB body is ~250k tokens and seconds of
+        work), so a text that is surely too long is refused after a bounded look at it: by its
+        length, or by the tokens of a prefix. The 413 then says "more than max_tokens" with the
+        count actually established, never a guessed total.
+        """
+        if not text or text.isspace():
             raise EmptyText("text is empty or whitespace only")
+        limit = self.max_tokens
+        longest = self._longest_token_chars
+        if longest is not None:
+            at_least = -(-len(text) // longest)  # ceil: tokens >= characters / longest
+            if at_least > limit:
+                raise self._too_long(
+                    at_least, f"{len(text)} characters, at most {longest} per token"
+                )
+            prefix_chars = limit * PREFIX_CHARS_PER_TOKEN
+            cut = _word_end_before(text, prefix_chars) if len(text) > prefix_chars else 0
+            if cut:
+                # The prefix ends where a word meets whitespace, which no pre-token crosses, so
+                # its tokens are exactly the text's first ones.
+                counted = len(self.tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+                if counted > limit:
+                    raise self._too_long(counted, f"counted in its first {cut} characters")
         encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
         ids = list(encoding["input_ids"])
-        if len(ids) > self.max_tokens:
+        if len(ids) > limit:
             raise InputTooLong(
-                f"text has {len(ids)} tokens; the limit is {self.max_tokens}",
-                detail={"tokens": len(ids), "max_tokens": self.max_tokens},
+                f"text has {len(ids)} tokens; the limit is {limit}",
+                detail={"tokens": len(ids), "max_tokens": limit},
             )
         return Encoded(text, ids, [tuple(pair) for pair in encoding["offset_mapping"]])
 
@@ -167,64 +227,149 @@ class Runtime:
         input_ids = torch.tensor([encoded.ids], dtype=torch.long)
         return self.engine.run(input_ids, last_layer=last_layer, patterns=patterns, vectors=vectors)
 
-    # -- the API's questions ---------------------------------------------------------------------
+    # -- the API's questions, as payloads -------------------------------------------------------
+    # A payload is the response's JSON fields with numpy float32 arrays where the numbers are.
+    # The routes encode it straight to JSON/safetensors/npy (headscope.encoding); the methods
+    # below it (tag, activity, ...) turn the same payload into the pydantic models.
 
-    def tag(self, request: TagRequest) -> TagResponse:
-        encoded = self.encode(request.text)
-        return TagResponse(tokens=self.tokens(encoded, self.tags(encoded, request.alignment)))
+    def token_dicts(self, encoded: Encoded, tags: Sequence[str] | None = None) -> list[dict]:
+        """The tokens as plain dicts (the Token schema's fields, in its order)."""
+        text = encoded.text
+        return [
+            {
+                "index": index,
+                "id": token_id,
+                "text": text[start:end],
+                "start": start,
+                "end": end,
+                "tag": tags[index] if tags is not None else None,
+            }
+            for index, (token_id, (start, end)) in enumerate(
+                zip(encoded.ids, encoded.offsets, strict=True)
+            )
+        ]
 
-    def activity(self, request: ActivityRequest) -> ActivityResponse:
+    def _cached(self, key: tuple, compute: Callable[[], dict]) -> dict:
+        # The fingerprint is part of the key, so a cache can never answer for other weights.
+        return self.cache.get_or_compute((self.weights_sha256, *key), compute)
+
+    def tag_payload(self, request: TagRequest) -> dict:
+        def compute() -> dict:
+            encoded = self.encode(request.text)
+            return {"tokens": self.token_dicts(encoded, self.tags(encoded, request.alignment))}
+
+        return self._cached(("tag", request.text, request.alignment), compute)
+
+    def activity_payload(self, request: ActivityRequest) -> dict:
         g = self.geometry
         layers = self._selection(request.layers, g.n_layers, "layers")
         heads = self._selection(request.heads, g.n_heads, "heads")
-        encoded = self.encode(request.text)
-        output = self.forward(encoded, last_layer=max(layers))
-        activity = output.activity[0][layers][:, heads]  # [layer, head, token]
-        return ActivityResponse(
-            tokens=self.tokens(encoded), layers=layers, heads=heads, activity=activity.tolist()
-        )
 
-    def attention(self, request: AttentionRequest) -> AttentionResponse:
+        def compute() -> dict:
+            encoded = self.encode(request.text)
+            output = self.forward(encoded, last_layer=max(layers))
+            activity = output.activity[0][layers][:, heads]  # [layer, head, token]
+            return {
+                "tokens": self.token_dicts(encoded),
+                "layers": layers,
+                "heads": heads,
+                "activity": activity.contiguous().numpy(),
+            }
+
+        return self._cached(("activity", request.text, tuple(layers), tuple(heads)), compute)
+
+    def attention_payload(self, request: AttentionRequest) -> dict:
         self.check_head(request.layer, request.head)
-        encoded = self.encode(request.text)
-        if request.query is not None and not 0 <= request.query < len(encoded):
-            raise InvalidRequest(
-                f"query {request.query} is outside the text's {len(encoded)} tokens",
-                detail={"query": request.query, "tokens": len(encoded)},
-            )
-        head = (request.layer, request.head)
-        output = self.forward(encoded, last_layer=request.layer, patterns=[head])
-        pattern = output.patterns[head][0]  # [q, k]
-        if request.query is not None:
-            pattern = pattern[request.query : request.query + 1]
-        return AttentionResponse(
-            tokens=self.tokens(encoded),
-            layer=request.layer,
-            head=request.head,
-            query=request.query,
-            pattern=pattern.tolist(),
-        )
 
-    def analyze(self, request: AnalyzeRequest) -> AnalyzeResponse:
+        def compute() -> dict:
+            encoded = self.encode(request.text)
+            if request.query is not None and not 0 <= request.query < len(encoded):
+                raise InvalidRequest(
+                    f"query {request.query} is outside the text's {len(encoded)} tokens",
+                    detail={"query": request.query, "tokens": len(encoded)},
+                )
+            head = (request.layer, request.head)
+            output = self.forward(encoded, last_layer=request.layer, patterns=[head])
+            pattern = output.patterns[head][0]  # [q, k]
+            if request.query is not None:
+                pattern = pattern[request.query : request.query + 1].clone()
+            return {
+                "tokens": self.token_dicts(encoded),
+                "layer": request.layer,
+                "head": request.head,
+                "query": request.query,
+                "pattern": pattern.contiguous().numpy(),
+            }
+
+        key = ("attention", request.text, request.layer, request.head, request.query)
+        return self._cached(key, compute)
+
+    def analyze_payload(self, request: AnalyzeRequest) -> dict:
         heads = [(ref.layer, ref.head) for ref in request.patterns]
         for layer, head in heads:
             self.check_head(layer, head)
-        encoded = self.encode(request.text)
-        output = self.forward(encoded, patterns=heads)
-        return AnalyzeResponse(
-            tokens=self.tokens(encoded, self.tags(encoded)),
-            activity=output.activity[0].tolist(),
-            patterns=[
-                HeadPattern(
-                    layer=layer, head=head, pattern=output.patterns[(layer, head)][0].tolist()
-                )
-                for layer, head in heads
-            ],
+
+        def compute() -> dict:
+            encoded = self.encode(request.text)
+            output = self.forward(encoded, patterns=heads)
+            return {
+                "tokens": self.token_dicts(encoded, self.tags(encoded)),
+                "activity": output.activity[0].contiguous().numpy(),  # [layer, head, token]
+                "patterns": [
+                    {
+                        "layer": layer,
+                        "head": head,
+                        "pattern": output.patterns[(layer, head)][0].contiguous().numpy(),
+                    }
+                    for layer, head in heads
+                ],
+            }
+
+        return self._cached(("analyze", request.text, tuple(heads)), compute)
+
+    def encoded(
+        self,
+        payload_of: Callable[[Any], dict],
+        request: Any,
+        media_type: str = JSON,
+        single_array: str | None = None,
+    ) -> bytes:
+        """A payload encoded as `media_type`, at the request's `dtype`/`decimals`: what routes
+        send. Runs in the analysis pool, so encoding never blocks the event loop."""
+        precision = Precision(
+            dtype=getattr(request, "dtype", "float32"), decimals=getattr(request, "decimals", None)
+        )
+        sparsity = Sparsity(
+            top_k=getattr(request, "top_k", None), threshold=getattr(request, "threshold", None)
+        )
+        payload = sparsity.sparsify(payload_of(request))
+        return encode(payload, media_type, precision, single_array)
+
+    # -- the API's questions, as pydantic models (the plain path) --------------------------------
+
+    def tag(self, request: TagRequest) -> TagResponse:
+        return TagResponse.model_validate(self.tag_payload(request))
+
+    def activity(self, request: ActivityRequest) -> ActivityResponse:
+        return ActivityResponse.model_validate(to_lists(self.activity_payload(request)))
+
+    def attention(self, request: AttentionRequest) -> AttentionResponse:
+        sparsity = Sparsity(top_k=request.top_k, threshold=request.threshold)
+        return AttentionResponse.model_validate(
+            to_lists(sparsity.sparsify(self.attention_payload(request)))
+        )
+
+    def analyze(self, request: AnalyzeRequest) -> AnalyzeResponse:
+        sparsity = Sparsity(top_k=request.top_k, threshold=request.threshold)
+        return AnalyzeResponse.model_validate(
+            to_lists(sparsity.sparsify(self.analyze_payload(request)))
         )
 
 
-def load_runtime(settings: Settings) -> Runtime:
-    """Load everything once; raise StartupError naming what is missing or broken."""
+def load_runtime(settings: Settings, *, load_probes: bool = True) -> Runtime:
+    """Load everything once; raise StartupError naming what is missing or broken.
+
+    `load_probes=False` skips the probe run (the probe trainer loads the model this way)."""
     files = resolve_model_files(settings.model, settings.tokenizer)
     tagger = PosTagger()
     if settings.torch_threads:
@@ -240,4 +385,8 @@ def load_runtime(settings: Settings) -> Runtime:
         weights_sha256[:12],
         runtime.max_tokens,
     )
+    if load_probes:
+        from headscope.runtime.probes.loader import attach_probes
+
+        attach_probes(runtime, settings)
     return runtime

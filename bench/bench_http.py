@@ -1,0 +1,299 @@
+"""The service end to end over HTTP on 127.0.0.1: a real `headscope serve` process.
+
+Measures startup to ready, RSS at rest and under load, latency (p50/p99) and requests/s of
+POST /v1/analyze and /v1/activity for 128- and 512-token texts with 1, 8 and 32 concurrent
+clients, a cache hit, a large pattern set as JSON vs safetensors, and the corpus endpoints on
+100 sequences. Every request of a load run has its own text (windows over the shared sample),
+so the analysis cache never answers for it; the cache is measured on its own row.
+
+The load generator runs in this process, on the same 2 cores as the server, so the numbers
+include the cost of a client; all traffic stays on the loopback interface and every loop is
+bounded in count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from contextlib import contextmanager
+
+import common
+import httpx
+import psutil
+
+CLIENTS = (1, 8, 32)
+# Requests per (length, clients): enough for a p99 that means something at 128 tokens, while
+# keeping the whole run to a few minutes on 2 cores.
+REQUESTS = {128: {1: 200, 8: 400, 32: 640}, 512: {1: 40, 8: 96, 32: 128}}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@contextmanager
+def server(extra_args: Sequence[str] = (), env: dict[str, str] | None = None):
+    """`headscope serve` on a free loopback port; yields (base_url, psutil.Process, startup s)."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "headscope.cli",
+        "serve",
+        "--model",
+        str(common.STANDIN_DIR),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--corpus",
+        str(common.CORPUS),
+        "--allow-missing-probes",
+        "--log-level",
+        "warning",
+        *extra_args,
+    ]
+    base_url = f"http://127.0.0.1:{port}"
+    started = time.perf_counter()
+    process = subprocess.Popen(
+        command,
+        env={**os.environ, **(env or {})},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = started + 120
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {process.stderr.read()[-2000:]}")
+            try:
+                if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.perf_counter() > deadline:
+                raise TimeoutError("server not ready after 120 s")
+            time.sleep(0.02)
+        yield base_url, psutil.Process(process.pid), time.perf_counter() - started
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+class RssSampler:
+    """Peak RSS of a process, sampled every 50 ms in a thread while active."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self.process = process
+        self.peak = process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            try:
+                self.peak = max(self.peak, self.process.memory_info().rss)
+            except psutil.Error:
+                return
+
+    def __enter__(self) -> RssSampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+async def load(
+    base_url: str, path: str, bodies: Sequence[dict], clients: int, headers=None
+) -> dict:
+    """`clients` concurrent workers sending `bodies` (each once); latencies and throughput."""
+    latencies: list[float] = []
+    errors: dict[int, int] = {}
+    queue: asyncio.Queue = asyncio.Queue()
+    for body in bodies:
+        queue.put_nowait(body)
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=120) as client:
+
+        async def worker() -> None:
+            while not queue.empty():
+                body = queue.get_nowait()
+                start = time.perf_counter()
+                response = await client.post(path, json=body, headers=headers)
+                await response.aread()
+                latencies.append(time.perf_counter() - start)
+                if response.status_code != 200:
+                    errors[response.status_code] = errors.get(response.status_code, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(clients)))
+        wall = time.perf_counter() - started
+    return {
+        "requests": len(bodies),
+        "p50_ms": common.median(latencies) * 1e3,
+        "p99_ms": common.percentile(latencies, 0.99) * 1e3,
+        "rps": len(bodies) / wall,
+        "errors": errors,
+    }
+
+
+def run_load_matrix(base_url: str, process: psutil.Process, quick: bool) -> tuple[list, dict]:
+    rows, results = [], {}
+    texts = {
+        128: common.window_texts(128, sum(REQUESTS[128].values()), stride=128),
+        512: common.window_texts(512, sum(REQUESTS[512].values()), stride=256),
+    }
+    peak_rss = 0
+    for path in ("/v1/analyze", "/v1/activity"):
+        for length in (128, 512):
+            offset = 0
+            for clients in CLIENTS:
+                count = REQUESTS[length][clients] // (4 if quick else 1)
+                bodies = [{"text": text} for text in texts[length][offset : offset + count]]
+                offset += count
+                # One warm-up request per configuration, on a text not in the timed set.
+                httpx.post(base_url + path, json={"text": texts[length][-1]}, timeout=60)
+                with RssSampler(process) as sampler:
+                    result = asyncio.run(load(base_url, path, bodies, clients))
+                peak_rss = max(peak_rss, sampler.peak)
+                results[f"{path} {length} x{clients}"] = result
+                rows.append(
+                    [
+                        path,
+                        length,
+                        clients,
+                        result["requests"],
+                        result["p50_ms"],
+                        result["p99_ms"],
+                        result["rps"],
+                        sum(result["errors"].values()) or 0,
+                    ]
+                )
+    results["peak_rss_mb"] = peak_rss / 2**20
+    return rows, results
+
+
+def cache_and_encodings(base_url: str) -> list:
+    rows = []
+    text128 = common.window_texts(128, 1, stride=997)[0]
+    body = {"text": text128}
+    httpx.post(base_url + "/v1/analyze", json=body, timeout=60)  # fills the cache
+    hit = asyncio.run(load(base_url, "/v1/analyze", [body] * 200, 1))
+    rows.append(["POST /v1/analyze 128 tokens, repeated text (cache hit)", hit["p50_ms"], ""])
+
+    text512 = common.window_texts(512, 1, stride=1499)[0]
+    one_layer = {"text": text512, "patterns": [{"layer": 2, "head": h} for h in range(16)]}
+    for label, headers, extra in (
+        ("JSON", None, {}),
+        ("safetensors", {"Accept": "application/x-safetensors"}, {}),
+        ("safetensors float16", {"Accept": "application/x-safetensors"}, {"dtype": "float16"}),
+    ):
+        timings, size = [], 0
+        for _ in range(5):
+            start = time.perf_counter()
+            response = httpx.post(
+                base_url + "/v1/analyze", json={**one_layer, **extra}, headers=headers, timeout=120
+            )
+            timings.append(time.perf_counter() - start)
+            size = len(response.content)
+            assert response.status_code == 200, response.text[:500]
+        rows.append(
+            [
+                f"POST /v1/analyze 512 tokens + 16 patterns (512x512), {label} (cached after 1st)",
+                common.median(timings) * 1e3,
+                f"{size / 2**20:.1f} MB",
+            ]
+        )
+    return rows
+
+
+def corpus_endpoints(base_url: str) -> list:
+    tok = common.tokenizer()
+    texts = [tok.decode(ids) for ids in common.story_sequences(100)]
+    requests = [
+        ("/v1/corpus/activity-by-tag", {"texts": texts, "tag": "NN"}),
+        ("/v1/corpus/attention-by-tag", {"texts": texts, "layer": 1, "head": 2, "from_tag": "NN"}),
+        ("/v1/corpus/quotes", {"texts": texts}),
+    ]
+    rows = []
+    for path, body in requests:
+        start = time.perf_counter()
+        response = httpx.post(base_url + path, json=body, timeout=300)
+        seconds = time.perf_counter() - start
+        status = response.status_code
+        rows.append([f"POST {path}, 100 sequences", seconds * 1e3, "" if status == 200 else status])
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="a quarter of the requests")
+    parser.add_argument("--json", type=str, default=None, help="also write results here")
+    args = parser.parse_args(argv)
+
+    results: dict = {}
+    startups = []
+    # Startup to ready, three times (a fresh process each time; the first may pay a cold disk).
+    for _ in range(2):
+        with server() as (_, process, startup):
+            startups.append(startup)
+    with server() as (base_url, process, startup):
+        startups.append(startup)
+        ready = httpx.get(base_url + "/readyz").json()
+        rest_rss = process.memory_info().rss / 2**20
+        load_rows, load_results = run_load_matrix(base_url, process, args.quick)
+        extra_rows = cache_and_encodings(base_url)
+        corpus_rows = corpus_endpoints(base_url)
+        after_rss = process.memory_info().rss / 2**20
+    results.update(load_results)
+    results.update(
+        startup_s=startups, rss_at_rest_mb=rest_rss, rss_after_mb=after_rss, readyz=ready
+    )
+
+    print("\n### HTTP on 127.0.0.1 (`headscope serve`, default settings)\n")
+    print(
+        common.markdown_table(
+            ["endpoint", "tokens", "clients", "requests", "p50 ms", "p99 ms", "req/s", "errors"],
+            load_rows,
+        )
+    )
+    print()
+    print(common.markdown_table(["measurement", "ms", "size / status"], extra_rows + corpus_rows))
+    print()
+    print(
+        common.markdown_table(
+            ["process", "value"],
+            [
+                ["startup to ready (s), 3 fresh starts", ", ".join(f"{s:.2f}" for s in startups)],
+                ["probes at startup", f"{ready.get('probes')} ({ready.get('probes_reason')})"],
+                ["RSS at rest (MB)", rest_rss],
+                ["RSS peak under load (MB)", load_results["peak_rss_mb"]],
+                ["RSS after all runs (MB)", after_rss],
+            ],
+        )
+    )
+    if args.json:
+        with open(args.json, "w") as handle:
+            json.dump(results, handle, indent=2, default=str)
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,77 @@
+"""The fast engine path against the plain (op-by-op) path: same numbers for every output."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+# Float32 summation order differs between the paths (fused QKV, mask inside the GEMM, blocks of
+# query rows, the fused GELU); everything else is the same arithmetic.
+TOLERANCE = 1e-5
+FIELDS = ("activity", "all_patterns", "keys", "queries", "values", "contributions")
+
+
+@pytest.fixture(params=["standin", "random"])
+def engine(request, runtime, random_runtime):
+    return (runtime if request.param == "standin" else random_runtime).engine
+
+
+@pytest.mark.parametrize("length", [1, 57, 128, 192, 193, 300, 512])
+def test_fast_path_equals_plain_path(engine, corpus_ids, length):
+    input_ids = torch.tensor([corpus_ids[:length]])
+    options = dict(all_patterns=True, vectors=True, contributions=True, patterns=[(1, 2), (6, 15)])
+    fast = engine.run(input_ids, **options)
+    plain = engine.run(input_ids, plain=True, **options)
+    for name in FIELDS:
+        difference = (getattr(fast, name) - getattr(plain, name)).abs().max().item()
+        assert difference <= TOLERANCE, f"{name} differs by {difference} at {length} tokens"
+    # Attention outputs: the fast path uses out_proj on the merged heads, the plain path sums
+    # per-head contributions; both add the same bias.
+    outputs = (fast.attention_outputs - plain.attention_outputs).abs().max().item()
+    assert outputs <= TOLERANCE
+    for head in ((1, 2), (6, 15)):
+        assert (fast.patterns[head] - plain.patterns[head]).abs().max().item() <= TOLERANCE
+        assert torch.equal(fast.patterns[head], fast.all_patterns[:, head[0], head[1]])
+
+
+def test_patterns_are_exact_zeros_where_hidden(engine, corpus_ids):
+    """Blocks never compute hidden keys; those entries must still be exact zeros."""
+    length = 400
+    output = engine.run(torch.tensor([corpus_ids[:length]]), all_patterns=True)
+    patterns = output.all_patterns[0]  # [layer, head, q, k]
+    offsets = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+    window = engine.geometry.window_size
+    for layer, kind in enumerate(engine.geometry.attention_layers):
+        hidden = offsets < 0
+        if kind == "local":
+            hidden |= offsets >= window
+        assert torch.all(patterns[layer][:, hidden] == 0)
+        rows = patterns[layer].sum(dim=-1)
+        assert torch.allclose(rows, torch.ones_like(rows), atol=1e-5)
+
+
+def test_activity_is_identical_whatever_else_is_kept(engine, corpus_ids):
+    """Asking for patterns must not change activity by even one bit (same arithmetic)."""
+    input_ids = torch.tensor([corpus_ids[:300]])
+    bare = engine.run(input_ids).activity
+    with_some = engine.run(input_ids, patterns=[(0, 3), (5, 9)]).activity
+    with_all = engine.run(input_ids, all_patterns=True).activity
+    assert torch.equal(bare, with_some)
+    assert torch.equal(bare, with_all)
+
+
+def test_early_stop_matches_full_run(engine, corpus_ids):
+    input_ids = torch.tensor([corpus_ids[:200]])
+    full = engine.run(input_ids, patterns=[(3, 4)])
+    early = engine.run(input_ids, last_layer=3, patterns=[(3, 4)])
+    assert early.activity.shape[1] == 4
+    assert torch.equal(early.activity, full.activity[:, :4])
+    assert torch.equal(early.patterns[(3, 4)], full.patterns[(3, 4)])
+
+
+def test_subset_patterns_equal_the_all_pattern_run(engine, corpus_ids):
+    input_ids = torch.tensor([corpus_ids[:300]])
+    subset = engine.run(input_ids, patterns=[(1, 0), (1, 7), (7, 15)])
+    everything = engine.run(input_ids, all_patterns=True)
+    for layer, head in subset.patterns:
+        assert torch.equal(subset.patterns[(layer, head)], everything.all_patterns[:, layer, head])
