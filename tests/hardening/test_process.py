@@ -142,7 +142,8 @@ def test_pickles_where_probes_are_expected_are_never_executed(processes):
     # With --allow-missing-probes the server starts, live but without probes, and says why.
     base_url = servers["trapped"].base_url
     ready = httpx.get(f"{base_url}/readyz").json()
-    assert ready["probes"] == "unavailable" and "probes.safetensors" in ready["probes_reason"]
+    assert ready["probes"] == "unavailable" and "contents check" in ready["probes_reason"]
+    assert str(paths["trapped_run"]) not in ready["probes_reason"]  # no server paths in bodies
     probes = httpx.get(f"{base_url}/v1/probes")
     assert probes.status_code == 503 and probes.json()["error"]["code"] == "probes_not_loaded"
     assert httpx.get(f"{base_url}/v1/model").status_code == 200

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from headscope.schemas.core import BodyModel, RequestModel
 from headscope.schemas.probes import ProbeMetric
@@ -370,10 +370,16 @@ class AttentionFigureQuery(FigureSize):
 
 
 class AttentionByTagFigureQuery(AttentionByTagRequest, FigureSize):
+    # Query strings arrive as text: lax types here, unlike the strict JSON body it extends.
+    model_config = ConfigDict(extra="forbid", strict=False)
+
     top: int = Field(default=15, ge=1, le=60, description="Bars for at most this many tags.")
 
 
 class ActivityByTagFigureQuery(ActivityByTagRequest, FigureSize):
+    # Query strings arrive as text: lax types here, unlike the strict JSON body it extends.
+    model_config = ConfigDict(extra="forbid", strict=False)
+
     layer: int | None = Field(
         default=None, description="Draw every head of this layer. Default: the `top` heads by lift."
     )
@@ -381,6 +387,9 @@ class ActivityByTagFigureQuery(ActivityByTagRequest, FigureSize):
 
 
 class QuotesFigureQuery(QuotesRequest, FigureSize):
+    # Query strings arrive as text: lax types here, unlike the strict JSON body it extends.
+    model_config = ConfigDict(extra="forbid", strict=False)
+
     layer: int | None = Field(
         default=None,
         description="Draw every head of this layer. Default: the `top` heads by inside/outside "
