@@ -44,10 +44,11 @@ def random_model_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def settings(standin_dir):
+def settings(standin_dir, tmp_path_factory):
+    """The session runtime's settings: an empty probe store, so it starts probe-free."""
     from headscope.settings import Settings
 
-    return Settings(model=str(standin_dir), store=SHARED / "nonexistent-store")
+    return Settings(model=str(standin_dir), store=tmp_path_factory.mktemp("empty-store"))
 
 
 @pytest.fixture(scope="session")
