@@ -4,7 +4,8 @@ Task: "all heads' activity + all attention patterns" for 64 sequences of the sha
 sample (consecutive paragraphs joined to 128+ tokens: natural, mixed lengths), batch 1 and
 batched (sequences of similar length, right-padded; the same batches for every tool). Tools:
 
-- headscope: AnalysisEngine.run(all_patterns=True) (activity comes with every run);
+- headscope: AnalysisEngine.run(all_patterns=True) (activity comes with every run), with the
+  fused C attention kernel as served, and on its torch path;
 - HF: GPTNeoForCausalLM(ids, output_attentions=True), activity from a pre-hook on each
   out_proj (z of every head x its W_O slice, L2 norm): what a user of plain transformers writes;
 - TransformerLens 4: TransformerBridge.boot_transformers(dir) (no compatibility mode, so raw
@@ -33,12 +34,17 @@ SEQUENCES = 64
 PAPER_SUBSET = 4
 
 
-def load_headscope():
+def load_headscope(kernel: bool = True):
+    """The engine as the server builds it: the fused C kernel attached (kernel=False: the torch
+    path, shown as its own row so the kernel's share of the speed-up is visible)."""
     from headscope.runtime.engine import AnalysisEngine
+    from headscope.runtime.kernel import load_attention_kernel
     from headscope.runtime.loading import load_model, resolve_model_files
 
     model, _ = load_model(resolve_model_files(str(common.STANDIN_DIR)))
-    return AnalysisEngine(model)
+    engine = AnalysisEngine(model.config, model.tensors)
+    engine.use_kernel(load_attention_kernel("c") if kernel else None)
+    return engine
 
 
 def load_hf():
@@ -222,6 +228,11 @@ def main(argv: Sequence[str] | None = None) -> dict:
     reference = headscope_analysis(engine)
     tools: list[tuple[str, Callable, list]] = [
         ("headscope", reference, sequences),
+        (
+            "headscope, torch path (no C kernel)",
+            headscope_analysis(load_headscope(False)),
+            sequences,
+        ),
         ("HF output_attentions (+ out_proj hooks)", hf_analysis(load_hf()), sequences),
     ]
     bridge = load_tl()

@@ -1,10 +1,10 @@
 """Artifact checks that run before `headscope serve` imports anything heavy.
 
-Importing torch, transformers and NLTK costs ~10 s of CPU, so without these checks a truncated
-weight file or a tampered probe run would stop the server only after that. With the standard
-library alone they find, in about a second, the failures that need no model to see: a
-safetensors file that is cut short or not safetensors at all, and a probe run whose artifacts
-are missing or do not match the sha256 in its manifest. Each raises StartupError naming the file.
+Importing torch and NLTK costs seconds of CPU, so without these checks a truncated weight file
+or a tampered probe run would stop the server only after that. With the standard library alone
+they find, in about a second, the failures that need no model to see: a safetensors file that is
+cut short or not safetensors at all, and a probe run whose artifacts are missing or do not match
+the sha256 in its manifest. Each raises StartupError naming the file.
 
 They are never stricter than the loader (runtime/loading.py, runtime/probes/): they look only at
 the files the loader would read, and anything they do not recognise is left for the loader to

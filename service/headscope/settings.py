@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -43,6 +44,17 @@ class Settings(BaseSettings):
         "`max_concurrency` analyses already run in parallel, and more threads per analysis "
         "contend for the same cores (measured: tiny ops 5-15x slower with 2 threads on 2 "
         "busy cores). Unset: torch's own choice.",
+    )
+    attention_kernel: Literal["auto", "c", "torch"] = Field(
+        default="auto",
+        description="Attention arithmetic: 'c' the fused C kernel (built at first start with the "
+        "machine's C compiler, cached in `kernel_cache`; refuse to start without it), 'torch' "
+        "torch ops only, 'auto' the kernel where it builds, else torch (same numbers to 1e-5).",
+    )
+    kernel_cache: Path | None = Field(
+        default=None,
+        description="Folder for the built attention kernel (default: ~/.cache/headscope/kernels, "
+        "or under XDG_CACHE_HOME).",
     )
     analysis_cache_mb: int = Field(
         default=64,

@@ -24,3 +24,12 @@ def long_text(runtime) -> str:
     text = CORPUS.read_text()[:1600]
     assert 300 < len(runtime.tokenizer(text).input_ids) <= runtime.max_tokens
     return text
+
+
+@pytest.fixture(scope="session")
+def attention_kernel(tmp_path_factory):
+    """The fused kernel, built into a fresh folder: CI machines have a C compiler, so a build
+    failure fails the tests instead of silently testing only the torch path."""
+    from headscope.runtime.kernel import load_attention_kernel
+
+    return load_attention_kernel("c", tmp_path_factory.mktemp("kernels"))

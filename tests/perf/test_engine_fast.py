@@ -11,9 +11,18 @@ TOLERANCE = 1e-5
 FIELDS = ("activity", "all_patterns", "keys", "queries", "values", "contributions")
 
 
-@pytest.fixture(params=["standin", "random"])
-def engine(request, runtime, random_runtime):
-    return (runtime if request.param == "standin" else random_runtime).engine
+@pytest.fixture(
+    params=[("standin", "kernel"), ("standin", "torch"), ("random", "kernel"), ("random", "torch")],
+    ids="-".join,
+)
+def engine(request, runtime, random_runtime, attention_kernel):
+    """The session's engines, with the fused C kernel and with the torch path."""
+    model, path = request.param
+    engine = (runtime if model == "standin" else random_runtime).engine
+    attached = engine.kernel
+    engine.use_kernel(attention_kernel if path == "kernel" else None)
+    yield engine
+    engine.use_kernel(attached)
 
 
 @pytest.mark.parametrize("length", [1, 57, 128, 192, 193, 300, 512])

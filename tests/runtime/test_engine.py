@@ -46,11 +46,12 @@ def model_case(request, runtime, random_runtime, standin_dir, random_model_dir):
     return random_runtime, random_model_dir
 
 
-def test_patterns_and_block_outputs_match_hf(model_case):
+@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
+def test_patterns_and_block_outputs_match_hf(model_case, plain):
     runtime, model_dir = model_case
     input_ids = long_text(runtime.tokenizer)
     attentions, block_outputs = hf_reference(model_dir, input_ids)
-    output = runtime.engine.run(input_ids, all_patterns=True, contributions=True)
+    output = runtime.engine.run(input_ids, all_patterns=True, contributions=True, plain=plain)
     for layer in range(runtime.geometry.n_layers):
         pattern_diff = (output.all_patterns[:, layer] - attentions[layer]).abs().max().item()
         block_diff = (output.attention_outputs[:, layer] - block_outputs[layer]).abs().max().item()
@@ -90,11 +91,11 @@ def test_scores_are_not_scaled_by_sqrt_d_head(runtime):
     assert (engine_pattern - scaled).abs().max().item() > 1e-3
 
 
-def test_activity_is_norm_of_head_contribution(runtime):
+def test_activity_is_norm_of_head_contribution(runtime, standin_dir):
     """Activity from an independent route: z from HF's value projection and HF's pattern, times
     the head's raw W_O slice, normed."""
     input_ids = long_text(runtime.tokenizer, 64)
-    model = runtime.model
+    model = GPTNeoModel.from_pretrained(standin_dir, attn_implementation="eager").eval()
     g = runtime.geometry
     layer = 5
     captured = {}

@@ -302,11 +302,8 @@ class CorpusAnalysis:
 
     def _encode_truncated(self, text: str) -> tuple[Encoded, bool]:
         """A corpus sequence cut to its first max_tokens tokens (the text cut to match)."""
-        encoding = self.runtime.tokenizer(
-            text, add_special_tokens=False, return_offsets_mapping=True
-        )
-        ids = list(encoding["input_ids"])
-        offsets = [tuple(pair) for pair in encoding["offset_mapping"]]
+        encoding = self.runtime.tokenizer(text, add_special_tokens=False)
+        ids, offsets = encoding.input_ids, encoding.offset_mapping
         limit = self.runtime.max_tokens
         if len(ids) <= limit:
             return Encoded(text, ids, offsets), False

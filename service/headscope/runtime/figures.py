@@ -7,6 +7,9 @@ context, activity inside vs. outside quotations, from the corpus analyses.
 matplotlib's object API on the Agg canvas, never pyplot: no global figure state, so figures can
 be drawn in the analysis threads at the same time. Every PNG is exactly `width` x `height` pixels
 (figure size in inches x DPI, saved without a tight bounding box).
+
+matplotlib is imported where a figure is drawn, not with this module: the server imports this
+module before it is ready, and importing matplotlib takes about a second.
 """
 
 from __future__ import annotations
@@ -16,14 +19,9 @@ import unicodedata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from matplotlib import colormaps
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-from matplotlib.font_manager import FontProperties
-from matplotlib.patches import Rectangle
-from matplotlib.transforms import IdentityTransform
 
 from headscope.errors import InvalidRequest
 from headscope.runtime.corpus import CorpusAnalysis
@@ -41,6 +39,10 @@ from headscope.schemas import (
     QuotesRequest,
     QuotesResponse,
 )
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
 
 # A glyph the font lacks (an emoji, say) is drawn as a box; that is no reason to warn per request.
 warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
@@ -86,6 +88,9 @@ class _Placed:
 
 
 def _new_figure(width: int, height: int) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
     FigureCanvasAgg(figure)
     return figure
@@ -98,6 +103,8 @@ def _png(figure: Figure) -> bytes:
 
 
 def _font(bold: bool = False, size: float = FONT_SIZE) -> FontProperties:
+    from matplotlib.font_manager import FontProperties
+
     return FontProperties(size=size, weight="bold" if bold else "normal")
 
 
@@ -111,6 +118,9 @@ def _printable(text: str) -> str:
 
 def _layout(cells: Sequence[Cell], width: int) -> tuple[list[_Placed], int]:
     """Word-wrap the tokens into lines of the figure's width; (placements, number of lines)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     renderer = FigureCanvasAgg(Figure(dpi=DPI)).get_renderer()
 
     def measure(text: str, bold: bool) -> float:
@@ -150,6 +160,10 @@ def token_text_png(
     height: int | None = None,
 ) -> bytes:
     """The text, token by token, each on a box shaded by `cell.shade` on the colour map."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+    from matplotlib.transforms import IdentityTransform
+
     placed, lines = _layout(cells, width)
     needed = HEADER + lines * LINE_HEIGHT + MARGIN // 2 + LEGEND
     if height is None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,15 @@ from headscope.encoding import JSON, Precision, Sparsity, encode, to_lists
 from headscope.errors import EmptyText, InputTooLong, InvalidRequest, StartupError, UnknownHead
 from headscope.runtime.cache import AnalysisCache
 from headscope.runtime.engine import AnalysisEngine, EngineOutput
-from headscope.runtime.loading import ModelFiles, load_model, resolve_model_files, sha256_of_files
+from headscope.runtime.kernel import load_attention_kernel
+from headscope.runtime.loading import (
+    Checkpoint,
+    ModelFiles,
+    Tokenizer,
+    load_model,
+    resolve_model_files,
+    sha256_of_files,
+)
 from headscope.runtime.tagging import PosTagger
 from headscope.schemas import (
     ActivityRequest,
@@ -61,8 +70,8 @@ class Runtime:
         self,
         settings: Settings,
         files: ModelFiles,
-        model,
-        tokenizer,
+        model: Checkpoint,
+        tokenizer: Tokenizer,
         tagger: PosTagger,
         weights_sha256: str,
     ) -> None:
@@ -71,7 +80,7 @@ class Runtime:
         self.model = model
         self.tokenizer = tokenizer
         self.tagger = tagger
-        self.engine = AnalysisEngine(model)
+        self.engine = AnalysisEngine(model.config, model.tensors)
         self.geometry = self.engine.geometry
         self.weights_sha256 = weights_sha256
         if settings.max_tokens > self.geometry.max_positions:
@@ -90,7 +99,7 @@ class Runtime:
         g = self.geometry
         return ModelInfo(
             model_id=self.files.model_id,
-            architecture=(self.model.config.architectures or ["GPTNeoModel"])[0],
+            architecture=(self.model.config.architectures or ("GPTNeoModel",))[0],
             n_layers=g.n_layers,
             n_heads=g.n_heads,
             d_head=g.d_head,
@@ -119,10 +128,7 @@ class Runtime:
         Byte-level BPE (GPT-2's, every GPT-Neo's): a token covers the bytes its vocabulary
         entry spells, one symbol per byte, and a character is at least one byte.
         """
-        pre_tokenizer = getattr(
-            getattr(self.tokenizer, "backend_tokenizer", None), "pre_tokenizer", None
-        )
-        if type(pre_tokenizer).__name__ != "ByteLevel":
+        if type(self.tokenizer.backend.pre_tokenizer).__name__ != "ByteLevel":
             return None
         return max(len(token) for token in self.tokenizer.get_vocab())
 
@@ -156,17 +162,17 @@ class Runtime:
             if cut:
                 # The prefix ends where a word meets whitespace, which no pre-token crosses, so
                 # its tokens are exactly the text's first ones.
-                counted = len(self.tokenizer(text[:cut], add_special_tokens=False)["input_ids"])
+                counted = len(self.tokenizer(text[:cut], add_special_tokens=False).input_ids)
                 if counted > limit:
                     raise self._too_long(counted, f"counted in its first {cut} characters")
-        encoding = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(encoding["input_ids"])
+        encoding = self.tokenizer(text, add_special_tokens=False)
+        ids = encoding.input_ids
         if len(ids) > limit:
             raise InputTooLong(
                 f"text has {len(ids)} tokens; the limit is {limit}",
                 detail={"tokens": len(ids), "max_tokens": limit},
             )
-        return Encoded(text, ids, [tuple(pair) for pair in encoding["offset_mapping"]])
+        return Encoded(text, ids, encoding.offset_mapping)
 
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.geometry.n_layers:
@@ -304,6 +310,14 @@ class Runtime:
         key = ("attention", request.text, request.layer, request.head, request.query)
         return self._cached(key, compute)
 
+    @functools.cached_property
+    def _forward_threads(self) -> ThreadPoolExecutor:
+        # Tagging is pure Python and holds the GIL; the forward pass runs mostly outside it (torch
+        # ops, the C kernel). Side by side, an analysis takes the longer of the two, not the sum.
+        return ThreadPoolExecutor(
+            max(2, self.settings.max_concurrency), thread_name_prefix="headscope-forward"
+        )
+
     def analyze_payload(self, request: AnalyzeRequest) -> dict:
         heads = [(ref.layer, ref.head) for ref in request.patterns]
         for layer, head in heads:
@@ -311,9 +325,11 @@ class Runtime:
 
         def compute() -> dict:
             encoded = self.encode(request.text)
-            output = self.forward(encoded, patterns=heads)
+            forward = self._forward_threads.submit(self.forward, encoded, patterns=heads)
+            tags = self.tags(encoded)
+            output = forward.result()
             return {
-                "tokens": self.token_dicts(encoded, self.tags(encoded)),
+                "tokens": self.token_dicts(encoded, tags),
                 "activity": output.activity[0].contiguous().numpy(),  # [layer, head, token]
                 "patterns": [
                     {
@@ -377,6 +393,11 @@ def load_runtime(settings: Settings, *, load_probes: bool = True) -> Runtime:
     model, tokenizer = load_model(files)
     weights_sha256 = sha256_of_files(files.weight_files)
     runtime = Runtime(settings, files, model, tokenizer, tagger, weights_sha256)
+    runtime.engine.use_kernel(
+        load_attention_kernel(
+            getattr(settings, "attention_kernel", "auto"), getattr(settings, "kernel_cache", None)
+        )
+    )
     log.info(
         "Loaded %s (%d layers x %d heads, weights sha256 %s…), max_tokens=%d",
         files.model_id,

@@ -8,22 +8,54 @@ The paper's pipeline ("paper"), kept for comparison: Treebank over the whole tex
 glues every sentence-final period but the last onto its word ("lake." tagged NN), and each token
 takes the tag of its middle character rounded up, which lands one-character tokens such as "."
 and "," on the following space.
+
+The perceptron runs on NLTK's own weights, copied into a matrix (DensePerceptronTagger): the same
+tags as NLTK's PerceptronTagger, several times faster. A PosTagger keeps the texts it tagged last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import logging
 import os
-from collections.abc import Sequence
+import re
+import sys
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
-import nltk
 import numpy as np
-from nltk.tag.perceptron import PerceptronTagger
-from nltk.tokenize import PunktSentenceTokenizer, TreebankWordTokenizer
 
 from headscope.errors import StartupError
+from headscope.runtime.cache import AnalysisCache
+
+
+@contextlib.contextmanager
+def _hidden_modules(names: Sequence[str]) -> Iterator[None]:
+    """Make `import name` raise ImportError inside the block, for names not imported yet."""
+    hidden = [name for name in names if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # type: ignore[assignment]  # None in sys.modules: ImportError
+    try:
+        yield
+    finally:
+        for name in hidden:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+# nltk/__init__ imports nltk.collocations, nltk.classify and nltk.parse, whose optional extras
+# try-import scipy.stats and sklearn (with pandas): about 2 s and 120 MB at startup, for
+# association measures, SklearnClassifier and TransitionParser, none of which headscope uses.
+# Each of those imports sits in a `try ... except ImportError` with a fallback, so with the two
+# packages hidden nltk imports in a fraction of the time. They are hidden for this one import
+# only: a later `import sklearn` (the sklearn probe fit) imports the real packages. Where they
+# are imported already, nothing is hidden and nothing changes.
+with _hidden_modules(("scipy", "sklearn")):
+    import nltk
+    from nltk.tag.perceptron import PerceptronTagger
+    from nltk.tokenize import PunktSentenceTokenizer, TreebankWordTokenizer
 
 log = logging.getLogger("headscope.tagging")
 
@@ -31,6 +63,11 @@ TAGGER_PACKAGE = "averaged_perceptron_tagger_eng"
 TAGGER_RESOURCE = f"taggers/{TAGGER_PACKAGE}/"
 PUNKT_RESOURCE = "tokenizers/punkt_tab/english/"
 NO_WORD = "NONE"
+# Bytes of tagged texts kept by a PosTagger (LRU): a default corpus request of 100 sequences of
+# 512 tokens takes about 2 MB.
+WORD_SPAN_CACHE_BYTES = 16 * 2**20
+# In a str pattern \s matches exactly the characters str.isspace() accepts.
+_WHITESPACE = re.compile(r"\s+")
 # Treebank rewrites double quotes as `` and ''; in the text they may be any of these.
 QUOTE_FORMS = {"``": ('"', "``", "''", "“"), "''": ('"', "''", "``", "”")}
 
@@ -88,12 +125,101 @@ def align_words(text: str, words: Sequence[str], offset: int = 0) -> list[tuple[
     return spans
 
 
+class DensePerceptronTagger:
+    """NLTK's averaged perceptron tagger with its weights in one matrix: the same tags, faster.
+
+    NLTK scores a word with dict loops (for each of its features in order, add the feature's
+    weight for each label to that label's score) and takes the label with the largest
+    (score, label). Here every feature is a row of a [feature, label] float64 matrix and a word's
+    rows are added up in NLTK's feature order, so each label's score is the very float NLTK
+    computes: a label the feature has no weight for gets + 0.0, which changes nothing. Labels are
+    stored in descending order, so argmax, which keeps the first of equal scores, picks the
+    largest label as NLTK does.
+    """
+
+    START = PerceptronTagger.START
+    END = PerceptronTagger.END
+
+    def __init__(self, tagger: PerceptronTagger) -> None:
+        # NLTK's normalize, bound to a weightless tagger: holding `tagger` itself would keep its
+        # dict of weights (about 40 MB) alive next to the matrix.
+        self.normalize = PerceptronTagger(load=False).normalize
+        self.tagdict: dict[str, str] = tagger.tagdict
+        self.classes: set[str] = tagger.classes
+        # NLTK takes the max over the model's classes; weights for any other label never count.
+        self.labels = sorted(tagger.model.classes, reverse=True)
+        column = {label: index for index, label in enumerate(self.labels)}
+        features = tagger.model.weights
+        # Copies of NLTK's feature names rather than the names themselves: they are allocated
+        # among NLTK's nested dicts, and while one of them lives the memory blocks of that
+        # tagger cannot go back to the system (about 20 MB more resident memory).
+        self.row_of = {(feature + " ")[:-1]: row for row, feature in enumerate(features)}
+        self.weights = np.zeros((len(features), len(self.labels)))  # [feature, label]
+        for row, label_weights in enumerate(features.values()):
+            for label, weight in label_weights.items():
+                if label in column:
+                    self.weights[row, column[label]] = weight
+
+    def feature_names(
+        self, i: int, word: str, context: Sequence[str], prev: str, prev2: str
+    ) -> tuple[str, ...]:
+        """NLTK's PerceptronTagger._get_features, in its order. Each name occurs once (their
+        prefixes differ), so NLTK's feature values are all 1 and only the names matter."""
+        i += len(self.START)
+        return (
+            "bias",
+            f"i suffix {word[-3:]}",
+            f"i pref1 {word[:1]}",
+            f"i-1 tag {prev}",
+            f"i-2 tag {prev2}",
+            f"i tag+i-2 tag {prev} {prev2}",
+            f"i word {context[i]}",
+            f"i-1 tag+i word {prev} {context[i]}",
+            f"i-1 word {context[i - 1]}",
+            f"i-1 suffix {context[i - 1][-3:]}",
+            f"i-2 word {context[i - 2]}",
+            f"i+1 word {context[i + 1]}",
+            f"i+1 suffix {context[i + 1][-3:]}",
+            f"i+2 word {context[i + 2]}",
+        )
+
+    def scores(self, feature_names: Sequence[str]) -> np.ndarray:
+        """Each label's score, in `labels` order: NLTK's sums, float for float."""
+        rows = [row for row in map(self.row_of.get, feature_names) if row is not None]
+        if not rows:
+            return np.zeros(len(self.labels))
+        # Reducing over the outer axis adds the rows one after another (numpy's pairwise
+        # summation applies only along the contiguous axis): NLTK's order of additions.
+        return np.add.reduce(self.weights.take(rows, axis=0), axis=0)
+
+    def tag(self, words: Sequence[str]) -> list[tuple[str, str]]:
+        """PerceptronTagger.tag: greedy, left to right, each tag feeding the next word's features;
+        words in NLTK's tag dictionary take its tag unscored."""
+        prev, prev2 = self.START
+        context = [*self.START, *(self.normalize(word) for word in words), *self.END]
+        tagged = []
+        for i, word in enumerate(words):
+            tag = self.tagdict.get(word)
+            if not tag:
+                scores = self.scores(self.feature_names(i, word, context, prev, prev2))
+                tag = self.labels[int(scores.argmax())]
+            tagged.append((word, tag))
+            prev2 = prev
+            prev = tag
+        return tagged
+
+
 class PosTagger:
     """NLTK sentence splitter, Treebank word tokenizer and perceptron tagger, loaded once."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache_bytes: int = WORD_SPAN_CACHE_BYTES) -> None:
+        # The corpus endpoints tag the same sequences on every request (another tag, another
+        # head) and clients send one text to several endpoints, while tagging is the slowest
+        # step that holds the GIL: tagged texts are kept, in compact arrays.
+        self.cache = AnalysisCache(cache_bytes)
         tagger_folder = ensure_tagger_data()
-        self.tagger = PerceptronTagger(lang="eng")
+        # NLTK's own loader reads the weights; its dict of dicts is dropped once copied.
+        self.tagger = DensePerceptronTagger(PerceptronTagger(lang="eng"))
         try:
             nltk.data.find(PUNKT_RESOURCE)
             from nltk.tokenize.punkt import PunktTokenizer
@@ -135,10 +261,20 @@ class PosTagger:
 
     def word_spans(self, text: str) -> list[WordSpan]:
         """Tagged words of `text`, sentence by sentence."""
+        cached = self.cache.get_or_compute((text,), lambda: self._word_span_arrays(text))
+        return [
+            WordSpan(start, end, tag)
+            for (start, end), tag in zip(cached["bounds"].tolist(), cached["tags"], strict=True)
+        ]
+
+    def _word_span_arrays(self, text: str) -> dict:
         spans: list[WordSpan] = []
         for start, end in self.sentence_splitter.span_tokenize(text):
             spans.extend(self._tag_chunk(text, start, end))
-        return spans
+        return {
+            "bounds": np.array([(word.start, word.end) for word in spans], np.int64).reshape(-1, 2),
+            "tags": [word.tag for word in spans],
+        }
 
     def paper_word_spans(self, text: str) -> list[WordSpan]:
         """Tagged words of `text` as the paper made them: one Treebank pass over the whole text."""
@@ -153,10 +289,32 @@ class PosTagger:
         return overlap_alignment(text, self.word_spans(text), offsets)
 
 
+def _bounds(spans: Iterable[tuple[int, int]], count: int) -> np.ndarray:
+    """`count` (start, end) pairs as an array [span, 2]."""
+    flat = np.fromiter(itertools.chain.from_iterable(spans), np.int64, 2 * count)
+    return flat.reshape(count, 2)
+
+
+def _covered(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Every position the spans [start, end) of `bounds` cover, span after span, and the index
+    of the span each belongs to."""
+    lengths = np.maximum(bounds[:, 1] - bounds[:, 0], 0)
+    span = np.repeat(np.arange(len(bounds)), lengths)
+    position = np.arange(span.size) - (np.cumsum(lengths) - lengths)[span] + bounds[span, 0]
+    return position, span
+
+
 def _word_index_per_char(length: int, words: Sequence[WordSpan]) -> np.ndarray:
     owner = np.full(length + 1, -1, dtype=np.int64)  # one spare slot for "past the end"
-    for index, word in enumerate(words):
-        owner[word.start : word.end] = index
+    bounds = _bounds(((word.start, word.end) for word in words), len(words))
+    position, word = _covered(bounds)
+    if position.size == 0 or (
+        position[0] >= 0 and position[-1] <= length and bool((np.diff(position) > 0).all())
+    ):  # every character at most once, in text order, as word_spans makes them
+        owner[position] = word
+    else:  # slice by slice, so that a later word takes the characters it shares with an earlier
+        for index, (start, end) in enumerate(bounds.tolist()):
+            owner[start:end] = index
     return owner
 
 
@@ -164,23 +322,23 @@ def overlap_alignment(
     text: str, words: Sequence[WordSpan], offsets: Sequence[tuple[int, int]]
 ) -> list[str]:
     """Tag of the word that the token's non-whitespace characters overlap most (ties: the first)."""
-    owner = _word_index_per_char(len(text), words)
-    tags = []
-    for start, end in offsets:
-        counts: dict[int, int] = {}
-        has_visible_character = False
-        for position in range(start, end):
-            if text[position].isspace():
-                continue
-            has_visible_character = True
-            word = int(owner[position])
-            if word >= 0:
-                counts[word] = counts.get(word, 0) + 1
-        if not has_visible_character or not counts:
-            tags.append(NO_WORD)
-            continue
-        best = max(counts.items(), key=lambda item: (item[1], -item[0]))[0]
-        tags.append(words[best].tag)
+    tags = [NO_WORD] * len(offsets)
+    if not offsets or not words:
+        return tags
+    owner = _word_index_per_char(len(text), words)[: len(text)]  # [char] -> word, -1: none
+    whitespace = [match.span() for match in _WHITESPACE.finditer(text)]
+    owner[_covered(_bounds(whitespace, len(whitespace)))[0]] = -1  # whitespace never counts
+    position, token = _covered(_bounds(offsets, len(offsets)))  # every character of every token
+    word = owner[position]
+    counted = word >= 0
+    pairs, counts = np.unique(token[counted] * len(words) + word[counted], return_counts=True)
+    best_count = [0] * len(offsets)
+    # Pairs come sorted by token, then word: on a tie the first word keeps the token.
+    for pair, count in zip(pairs.tolist(), counts.tolist(), strict=True):
+        index, word_index = divmod(pair, len(words))
+        if count > best_count[index]:
+            best_count[index] = count
+            tags[index] = words[word_index].tag
     return tags
 
 

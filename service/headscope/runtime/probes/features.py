@@ -79,9 +79,8 @@ def tag_sequences(
     """Tokenize (truncating at the runtime's token limit) and give every token its Penn tag."""
     tagged = []
     for text in progress(texts, description, len(texts)):
-        encoding = runtime.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-        ids = list(encoding["input_ids"])
-        offsets = [tuple(pair) for pair in encoding["offset_mapping"]]
+        encoding = runtime.tokenizer(text, add_special_tokens=False)
+        ids, offsets = encoding.input_ids, encoding.offset_mapping
         truncated = len(ids) > runtime.max_tokens
         ids, offsets = ids[: runtime.max_tokens], offsets[: runtime.max_tokens]
         tags = runtime.tagger.tag_tokens(text, offsets, "overlap")

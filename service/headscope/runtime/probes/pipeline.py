@@ -39,7 +39,7 @@ from headscope.runtime.probes.store import FORMAT, read_manifest, save_run
 log = logging.getLogger("headscope.probes")
 
 Method = Literal["fast", "sklearn"]
-LIBRARIES = ("numpy", "torch", "transformers", "scikit-learn", "safetensors", "nltk", "headscope")
+LIBRARIES = ("numpy", "torch", "tokenizers", "scikit-learn", "safetensors", "nltk", "headscope")
 DIGITS = 6  # metrics are stored rounded to 1e-6
 
 
