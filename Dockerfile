@@ -10,6 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
+# A C compiler for the fused attention kernel, which headscope builds at first start for the CPU
+# it runs on (kept in HEADSCOPE_KERNEL_CACHE; without a compiler it falls back to torch ops).
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+
 # torch first, alone, from PyTorch's CPU wheel index: the project's own install then finds it
 # satisfied and never pulls a CUDA build (gigabytes this service has no use for).
 RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
@@ -33,6 +39,7 @@ USER headscope
 ENV HEADSCOPE_HOST=0.0.0.0 \
     HEADSCOPE_PORT=8000 \
     HEADSCOPE_STORE=/data/models_store \
+    HEADSCOPE_KERNEL_CACHE=/data/cache/headscope-kernels \
     HF_HOME=/data/cache/huggingface \
     NLTK_DATA=/data/cache/nltk_data
 

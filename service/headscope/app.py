@@ -13,7 +13,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headscope import __version__
-from headscope.concurrency import AnalysisPool
+from headscope.concurrency import AnalysisPool, HeapTrimmer
 from headscope.deps import require_api_key
 from headscope.errors import HeadscopeError
 from headscope.middleware import install_middleware
@@ -134,7 +134,11 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        app.state.pool = AnalysisPool(settings.max_concurrency, settings.max_queue)
+        app.state.pool = AnalysisPool(
+            settings.max_concurrency,
+            settings.max_queue,
+            HeapTrimmer(settings.heap_trim_interval),
+        )
         if runtime is not None:
             app.state.runtime = runtime
         else:

@@ -8,6 +8,10 @@ costs callers a retry, not the server its memory or its health checks their answ
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import ctypes.util
+import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -18,10 +22,50 @@ T = TypeVar("T")
 RETRY_AFTER_SECONDS = 1
 
 
+def glibc_malloc_trim() -> Callable[[int], int] | None:
+    """glibc's `malloc_trim`, or None where the C library is not glibc (macOS, musl)."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+class HeapTrimmer:
+    """Hands the memory glibc's malloc keeps after analyses back to the OS, at most once per
+    `interval` seconds (0: never).
+
+    Analyses allocate and free tens of MB each; malloc keeps what was freed in its per-thread
+    arenas, between the blocks still in use (cached results), so a process under load grows
+    well past what it holds. Measured on the bench_http load: 80-120 MB less peak RSS with a
+    trim a second, each about 2.5 ms and a few hundred page faults (noise next to the
+    analyses). A fixed M_MMAP_THRESHOLD saved as much but made every analysis pay page faults
+    (+40-80% CPU); MALLOC_ARENA_MAX=2 saved 20-40 MB, nothing on top of the trim.
+    """
+
+    def __init__(self, interval: float, trim: Callable[[int], int] | None = None) -> None:
+        self.interval = interval
+        self._trim = trim if trim is not None else glibc_malloc_trim()
+        self._lock = threading.Lock()
+        self._last = time.monotonic()
+
+    def trim_if_due(self) -> None:
+        if not self.interval or self._trim is None:
+            return
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last < self.interval:
+                return
+            self._last = now
+        self._trim(0)
+
+
 class AnalysisPool:
-    def __init__(self, max_concurrency: int, max_queue: int) -> None:
+    def __init__(
+        self, max_concurrency: int, max_queue: int, heap_trimmer: HeapTrimmer | None = None
+    ) -> None:
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
+        self.heap_trimmer = heap_trimmer or HeapTrimmer(interval=0)
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="analysis")
         # Touched only from the event loop thread, so plain attributes are race-free.
         self._admitted = 0
@@ -50,12 +94,20 @@ class AnalysisPool:
             )
         self._admitted += 1
         try:
-            future = self._executor.submit(function, *args, **kwargs)
+            future = self._executor.submit(self._run_then_trim, function, args, kwargs)
             # If this request is cancelled (e.g. the drain timeout ran out), a queued analysis is
             # dropped; a running one finishes in its thread and its result is discarded.
             return await asyncio.wrap_future(future)
         finally:
             self._admitted -= 1
+
+    def _run_then_trim(self, function: Callable[..., T], args: tuple, kwargs: dict) -> T:
+        # In the worker thread, after the analysis: its memory is free by now, and the trim
+        # never holds up the event loop.
+        try:
+            return function(*args, **kwargs)
+        finally:
+            self.heap_trimmer.trim_if_due()
 
     def shutdown(self) -> None:
         """Refuse new work, drop what is still queued, wait for what is running."""

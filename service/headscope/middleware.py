@@ -65,8 +65,8 @@ class HeaderLimitMiddleware:
     """Refuse a request with more than `max_headers` headers, or more than `max_header_bytes` of
     them, with 431.
 
-    uvicorn's h11 bounds only what it buffers while a head is incomplete (a head that arrives
-    in one read passes whatever its size), so both limits are enforced exactly here; and a
+    The protocol bounds only what it buffers while a head is incomplete (a head that arrives in
+    one read passes whatever its size), so both limits are enforced exactly here; and a
     header count costs the app per-header work however short each header is.
     """
 
@@ -202,26 +202,68 @@ class BodyLimitMiddleware:
                 await self._refuse(send)
 
 
-def envelope_h11_protocol() -> type:
-    """uvicorn's h11 protocol, but a request too malformed to reach the app (bad framing, a head
-    over the size limit) is answered with the JSON envelope too, instead of plain text."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
+def envelope_httptools_protocol(max_head_bytes: int) -> type:
+    """uvicorn's httptools protocol, with two changes: a request too malformed to reach the app
+    is answered with the JSON envelope instead of plain text, and a request head still
+    incomplete past `max_head_bytes` is cut off with 400 (httptools itself buffers a head of any
+    size).
 
-    class EnvelopeH11Protocol(H11Protocol):
+    The cap counts every byte read while a head is in progress and is checked once a read has
+    been parsed, so a head that arrives whole in one read passes, whatever its size, and meets
+    HeaderLimitMiddleware's exact limits: the same rule as h11's `max_incomplete_event_size`.
+    """
+    import httptools
+    from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+    class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.reading_head = True
+            self.head_bytes = 0
+
+        def data_received(self, data: bytes) -> None:
+            self._unset_keepalive_if_required()
+            if self.reading_head:
+                self.head_bytes += len(data)
+            try:
+                self.parser.feed_data(data)
+            except httptools.HttpParserError as error:
+                self.logger.warning("Invalid HTTP request received: %s", error)
+                self.send_400_response(str(error) or "invalid HTTP request")
+                return
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+            if self.reading_head and self.head_bytes > max_head_bytes:
+                self.send_400_response(f"request head over {max_head_bytes} bytes")
+
+        def on_headers_complete(self) -> None:
+            self.reading_head = False
+            self.head_bytes = 0
+            super().on_headers_complete()
+
+        def on_message_complete(self) -> None:
+            super().on_message_complete()
+            self.reading_head = True
+
         def send_400_response(self, msg: str) -> None:
+            if self.transport.is_closing():
+                return
             body = error_body("bad_http_request", f"Malformed HTTP request: {msg}")
-            headers = [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"connection", b"close"),
+            head = [STATUS_LINE[400]]
+            defaults = self.server_state.default_headers
+            head += [name + b": " + value + b"\r\n" for name, value in defaults]
+            head += [
+                b"content-type: application/json\r\n",
+                b"content-length: " + str(len(body)).encode() + b"\r\n",
+                b"connection: close\r\n\r\n",
             ]
-            response = h11.Response(status_code=400, headers=headers, reason=b"Bad Request")
-            for event in (response, h11.Data(data=body), h11.EndOfMessage()):
-                self.transport.write(self.conn.send(event))
+            self.transport.write(b"".join(head) + body)
             self.transport.close()
 
-    return EnvelopeH11Protocol
+    return EnvelopeHttpToolsProtocol
 
 
 def install_middleware(app, settings) -> None:

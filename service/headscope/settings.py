@@ -62,6 +62,12 @@ class Settings(BaseSettings):
         description="Memory for cached analysis results (LRU by model fingerprint, endpoint, "
         "text and options); 0 turns the cache off.",
     )
+    heap_trim_interval: float = Field(
+        default=1.0,
+        ge=0,
+        description="Seconds between returns of memory freed by analyses to the OS "
+        "(glibc malloc_trim, after an analysis); 0 turns it off.",
+    )
     probes: Path | None = Field(
         default=None, description="Probe run folder to load (default: newest matching run)."
     )

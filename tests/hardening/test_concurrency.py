@@ -3,6 +3,7 @@ them, health checks answered meanwhile) and no crosstalk between concurrent requ
 
 from __future__ import annotations
 
+import platform
 import statistics
 import threading
 import time
@@ -177,3 +178,42 @@ def test_no_crosstalk_between_32_concurrent_requests(settings, runtime):
     for index, (response, expected) in enumerate(zip(together, alone, strict=True)):
         assert response.status_code == 200, response.text
         assert_same(response.json(), expected, f"request {index} {cases[index][0]}")
+
+
+async def test_the_pool_trims_the_heap_in_its_threads_at_most_once_per_interval():
+    from headscope.concurrency import AnalysisPool, HeapTrimmer
+
+    trims: list[str] = []
+    unwanted: list[str] = []
+
+    def fake_trim(pad: int) -> int:
+        trims.append(threading.current_thread().name)
+        return 1
+
+    pool = AnalysisPool(2, 8, HeapTrimmer(interval=0.2, trim=fake_trim))
+    never = AnalysisPool(2, 8, HeapTrimmer(interval=0, trim=lambda pad: unwanted.append(pad)))
+    try:
+        started = time.monotonic()
+        results = []
+        while time.monotonic() - started < 0.7:
+            results.append(await pool.run(pow, len(results), 2))
+            await never.run(time.sleep, 0.001)
+        elapsed = time.monotonic() - started
+    finally:
+        pool.shutdown()
+        never.shutdown()
+    assert results == [index**2 for index in range(len(results))]
+    assert len(results) > 20
+    # One trim per 0.2 s at most (the first one 0.2 s after the pool started), and only from
+    # the pool's own threads, never the event loop's.
+    assert 1 <= len(trims) <= elapsed / 0.2
+    assert all(name.startswith("analysis") for name in trims), trims
+    assert unwanted == []
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="malloc_trim is glibc's")
+def test_glibc_malloc_trim_is_found_and_runs():
+    from headscope.concurrency import glibc_malloc_trim
+
+    trim = glibc_malloc_trim()
+    assert trim is not None and trim(0) in (0, 1)

@@ -20,10 +20,11 @@ from headscope.runtime.engine import AnalysisEngine, EngineOutput
 # sequences. Past ~128 tokens a sequence is compute-bound and batching gains little.
 DEFAULT_BATCH_TOKENS = 2048
 # With every pattern kept, the output alone is 512 bytes x batch x t² (8 layers x 16 heads,
-# float32): past a few tens of MB each batch is fresh memory whose page faults cost more than
-# batching saves (measured: 64 sequences of ~155 tokens, 9.3k tokens/s at 512 tokens a batch,
-# 5.1k at 1024, 4.1k at 4096), so all-pattern runs use small batches.
-ALL_PATTERNS_BATCH_TOKENS = 512
+# float32). glibc serves blocks over 32 MiB (its largest dynamic mmap threshold) with fresh
+# mmapped memory on every call, and their page faults cost more than batching saves (measured
+# with the C kernel, ~155-token sequences: 23.7k tokens/s at 2 a batch (25 MB), 11.7k at 4,
+# 11.5k at 8), so all-pattern batches stay under it for typical lengths.
+ALL_PATTERNS_BATCH_TOKENS = 320
 # Sequences join a batch while the batch's longest is at most this much longer than they are.
 DEFAULT_LENGTH_SLACK = 1.25
 # Token id used for padding; any id works, since padded positions are never read back.
