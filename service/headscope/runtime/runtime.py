@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -310,14 +309,6 @@ class Runtime:
         key = ("attention", request.text, request.layer, request.head, request.query)
         return self._cached(key, compute)
 
-    @functools.cached_property
-    def _forward_threads(self) -> ThreadPoolExecutor:
-        # Tagging is pure Python and holds the GIL; the forward pass runs mostly outside it (torch
-        # ops, the C kernel). Side by side, an analysis takes the longer of the two, not the sum.
-        return ThreadPoolExecutor(
-            max(2, self.settings.max_concurrency), thread_name_prefix="headscope-forward"
-        )
-
     def analyze_payload(self, request: AnalyzeRequest) -> dict:
         heads = [(ref.layer, ref.head) for ref in request.patterns]
         for layer, head in heads:
@@ -325,11 +316,9 @@ class Runtime:
 
         def compute() -> dict:
             encoded = self.encode(request.text)
-            forward = self._forward_threads.submit(self.forward, encoded, patterns=heads)
-            tags = self.tags(encoded)
-            output = forward.result()
+            output = self.forward(encoded, patterns=heads)
             return {
-                "tokens": self.token_dicts(encoded, tags),
+                "tokens": self.token_dicts(encoded, self.tags(encoded)),
                 "activity": output.activity[0].contiguous().numpy(),  # [layer, head, token]
                 "patterns": [
                     {
