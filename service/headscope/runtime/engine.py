@@ -110,6 +110,9 @@ class _LayerWeights:
     w_o: Tensor  # [d_model, d_model]
     b_o: Tensor  # [d_model]
     w_o_by_head_t: Tensor  # [head, d_head, d_model]: contribution = z_h @ this[h]
+    # [head, d_head, d_head] float64, for the kernel: |z_h W_h|² = z_h · (W_h W_hᵀ) · z_h with
+    # W_h = w_o_by_head_t[h]
+    w_o_gram: Tensor
     w_fc: Tensor
     b_fc: Tensor
     w_proj: Tensor
@@ -154,6 +157,7 @@ class AnalysisEngine:
             return self._block_tensor(layer, name)
 
         eps = self.config.layer_norm_epsilon
+        w_o_by_head_t = self._w_o_by_head[layer].transpose(1, 2).contiguous()
         return _LayerWeights(
             ln_1=(tensor("ln_1.weight"), tensor("ln_1.bias"), eps),
             ln_2=(tensor("ln_2.weight"), tensor("ln_2.bias"), eps),
@@ -166,7 +170,8 @@ class AnalysisEngine:
             ).contiguous(),
             w_o=tensor("attn.attention.out_proj.weight"),
             b_o=tensor("attn.attention.out_proj.bias"),
-            w_o_by_head_t=self._w_o_by_head[layer].transpose(1, 2).contiguous(),
+            w_o_by_head_t=w_o_by_head_t,
+            w_o_gram=torch.matmul(w_o_by_head_t.double(), w_o_by_head_t.double().transpose(1, 2)),
             w_fc=tensor("mlp.c_fc.weight"),
             b_fc=tensor("mlp.c_fc.bias"),
             w_proj=tensor("mlp.c_proj.weight"),
@@ -271,7 +276,7 @@ class AnalysisEngine:
                 if out is None and pattern_heads:
                     out = torch.empty(batch, len(pattern_heads), length, length)
                 merged = self.kernel.attend(
-                    qkv_rows, g.n_heads, self._window(layer), self._gram(layer),
+                    qkv_rows, g.n_heads, self._window(layer), weights.w_o_gram,
                     activity[layer], out, pattern_heads,
                 )  # fmt: skip  # merged: [batch, token, head * d_head]
                 pattern = out
@@ -332,14 +337,6 @@ class AnalysisEngine:
             log.info("d_head=%d: the attention kernel needs 4; using torch", self.geometry.d_head)
             kernel = None
         self.kernel = kernel
-        self._grams = [
-            # [head, d_head, d_head]: |z_h W_hᵀ|² = z_h · (W_h W_hᵀ) · z_h, W_h = W_O by head
-            torch.matmul(w.double(), w.double().transpose(1, 2)).contiguous()
-            for w in (layer.w_o_by_head_t for layer in self._layers)
-        ]
-
-    def _gram(self, layer: int) -> Tensor:
-        return self._grams[layer]
 
     def _window(self, layer: int) -> int:
         """Keys a query may see on this layer, counting itself (0: all earlier keys)."""
@@ -388,8 +385,7 @@ class AnalysisEngine:
         # Long sequences, one block of query rows at a time over the keys that block can see:
         # a query never sees later keys (nor, on local layers, keys beyond the window), so those
         # parts of a pattern are zeros that need no scores, softmax or mixing.
-        local = self.geometry.attention_layers[layer] == "local"
-        window = self.geometry.window_size if local else length
+        window = self._window(layer) or length
         z = torch.empty_like(queries)
         for row_start in range(0, length, QUERY_BLOCK):
             row_end = min(length, row_start + QUERY_BLOCK)

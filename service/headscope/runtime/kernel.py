@@ -20,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import tempfile
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -105,12 +106,18 @@ class AttentionKernel:
             pointer, pointer, pointer, pointer, pointer, c_long,
         ]  # fmt: skip
         self._attend.restype = ctypes.c_int
-        self._threads: ThreadPoolExecutor | None = None
+        self._pools: dict[int, ThreadPoolExecutor] = {}
+        self._pools_lock = threading.Lock()
 
     def _pool(self, threads: int) -> ThreadPoolExecutor:
-        if self._threads is None or self._threads._max_workers != threads:
-            self._threads = ThreadPoolExecutor(threads, thread_name_prefix="headscope-kernel")
-        return self._threads
+        # One pool per thread count (torch's count is process-wide and rarely changes); pools are
+        # never shut down while another analysis may still submit to them.
+        with self._pools_lock:
+            if threads not in self._pools:
+                self._pools[threads] = ThreadPoolExecutor(
+                    threads, thread_name_prefix="headscope-kernel"
+                )
+            return self._pools[threads]
 
     def check(self, tolerance: float = 1e-5) -> None:
         """Compare with torch on a small random problem (a miscompiled build must not serve)."""
