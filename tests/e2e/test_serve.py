@@ -97,3 +97,30 @@ def test_token_limit_beyond_the_config_is_refused(max_tokens):
     result = run_serve("--model", str(STANDIN_DIR), "--max-tokens", max_tokens)
     assert result.returncode != 0
     assert "max_tokens" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "fragments"),
+    [
+        (("--attention-kernel", "fast"), {}, ("attention_kernel", "'auto', 'c' or 'torch'")),
+        ((), {"HEADSCOPE_ATTENTION_KERNEL": "gpu"}, ("attention_kernel",)),
+        (("--heap-trim-interval", "-1"), {}, ("heap_trim_interval", "greater than or equal")),
+    ],
+)
+def test_invalid_performance_settings_are_refused_by_name(args, env, fragments):
+    result = run_serve("--model", str(STANDIN_DIR), *args, **env)
+    assert result.returncode == 2
+    assert_fails_naming(result, "invalid setting", *fragments)
+
+
+def test_kernel_required_without_a_compiler_refuses_to_start(tmp_path):
+    result = run_serve(
+        "--model",
+        str(STANDIN_DIR),
+        "--attention-kernel",
+        "c",
+        "--kernel-cache",
+        str(tmp_path),
+        CC=str(tmp_path / "no-such-compiler"),
+    )
+    assert_fails_naming(result, "attention kernel is unavailable", "no-such-compiler")
