@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
+
+from headscope.runtime.engine import AnalysisEngine
 
 # Float32 summation order differs between the paths (fused QKV, mask inside the GEMM, blocks of
 # query rows, the fused GELU); everything else is the same arithmetic.
@@ -11,18 +15,28 @@ TOLERANCE = 1e-5
 FIELDS = ("activity", "all_patterns", "keys", "queries", "values", "contributions")
 
 
+PATHS = ("blocks", "kernel", "torch")
+
+
 @pytest.fixture(
-    params=[("standin", "kernel"), ("standin", "torch"), ("random", "kernel"), ("random", "torch")],
-    ids="-".join,
+    params=[(model, path) for model in ("standin", "random") for path in PATHS], ids="-".join
 )
 def engine(request, runtime, random_runtime, attention_kernel):
-    """The session's engines, with the fused C kernel and with the torch path."""
+    """The session's engines: one C call per block, the C kernels called one by one, and the
+    torch path."""
     model, path = request.param
-    engine = (runtime if model == "standin" else random_runtime).engine
-    attached = engine.kernel
-    engine.use_kernel(attention_kernel if path == "kernel" else None)
+    engine = attached_engine(
+        runtime if model == "standin" else random_runtime, attention_kernel, path
+    )
     yield engine
-    engine.use_kernel(attached)
+    engine.use_kernel(attention_kernel)
+
+
+def attached_engine(runtime, attention_kernel, path):
+    engine = runtime.engine
+    engine.use_kernel(attention_kernel if path != "torch" else None, whole_blocks=path == "blocks")
+    assert engine.whole_blocks == (path == "blocks")
+    return engine
 
 
 @pytest.mark.parametrize("length", [1, 57, 128, 192, 193, 300, 512])
@@ -84,3 +98,60 @@ def test_subset_patterns_equal_the_all_pattern_run(engine, corpus_ids):
     everything = engine.run(input_ids, all_patterns=True)
     for layer, head in subset.patterns:
         assert torch.equal(subset.patterns[(layer, head)], everything.all_patterns[:, layer, head])
+
+
+def test_fast_path_equals_plain_path_for_a_batch(engine, corpus_ids):
+    """Several sequences at once: the kernels' rows and (sequence, head) pairs span the batch."""
+    input_ids = torch.tensor([corpus_ids[start : start + 150] for start in (0, 400, 900)])
+    options = dict(all_patterns=True, vectors=True, contributions=True, patterns=[(3, 5)])
+    fast = engine.run(input_ids, **options)
+    plain = engine.run(input_ids, plain=True, **options)
+    for name in (*FIELDS, "attention_outputs"):
+        difference = (getattr(fast, name) - getattr(plain, name)).abs().max().item()
+        assert difference <= TOLERANCE, f"{name} differs by {difference}"
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu_pytorch_tanh"])
+def test_other_activations_keep_the_kernel_paths_numbers(
+    random_runtime, attention_kernel, corpus_ids, activation
+):
+    """The C GELU stands in only for the tanh-GELU; any other activation runs torch's between
+    the kernel's LayerNorms, and still matches the plain path."""
+    source = random_runtime.engine
+    config = dataclasses.replace(source.config, activation_function=activation)
+    engine = AnalysisEngine(config, source.tensors)
+    engine.use_kernel(attention_kernel)
+    input_ids = torch.tensor([corpus_ids[:100]])
+    fast = engine.run(input_ids, contributions=True)
+    plain = engine.run(input_ids, plain=True, contributions=True)
+    for name in ("activity", "contributions", "attention_outputs"):
+        assert (getattr(fast, name) - getattr(plain, name)).abs().max().item() <= TOLERANCE
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_whole_blocks_give_the_per_op_kernel_paths_numbers(
+    runtime, attention_kernel, corpus_ids, threads
+):
+    """One C call per block (1 thread) against the kernels called one by one (1 and 2 threads,
+    where the attention's pairs are split): the same GEMMs and kernels in the same order, so the
+    same bits with one thread; with two, MKL's threaded GEMMs may round differently."""
+    input_ids = torch.tensor([corpus_ids[start : start + 270] for start in (0, 500)])
+    options = dict(all_patterns=True, vectors=True, contributions=True, patterns=[(2, 7)])
+    whole = attached_engine(runtime, attention_kernel, "blocks").run(input_ids, **options)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        per_op = attached_engine(runtime, attention_kernel, "kernel").run(input_ids, **options)
+    finally:
+        torch.set_num_threads(previous)
+        runtime.engine.use_kernel(attention_kernel)
+    for name in (*FIELDS, "attention_outputs"):
+        got, want = getattr(whole, name), getattr(per_op, name)
+        if threads == 1:
+            assert torch.equal(got, want), name
+        else:
+            assert (got - want).abs().max().item() <= 1e-6, name
+    assert torch.equal(whole.patterns[(2, 7)], whole.all_patterns[:, 2, 7])
+    # What a request keeps does not change a bit of the rest.
+    bare = attached_engine(runtime, attention_kernel, "blocks").run(input_ids)
+    assert torch.equal(bare.activity, whole.activity)

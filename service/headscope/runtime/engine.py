@@ -11,9 +11,12 @@ Two paths compute the same quantities:
 - the fast path (the default) does the same arithmetic with fewer, larger kernels: one fused QKV
   projection, the causal mask added inside the score GEMM, softmax in place, patterns written
   straight into their output buffer, long sequences in blocks of query rows over only the keys
-  they can see, the fused tanh-GELU, and no nn.Module dispatch. Its numbers differ from the
-  plain path only by float32 summation order (a few 1e-6 at most on the stand-in weights; the
-  tests hold it to 1e-5), and are the same whatever a request keeps.
+  they can see, the fused tanh-GELU, and no nn.Module dispatch. With the C kernels attached
+  (headscope.runtime.kernel, the default) attention, the residual adds with their LayerNorms and
+  the GELU run in C, the GEMMs on [token, feature] rows into reused buffers, and with one torch
+  thread each block is a single C call. Its numbers differ from the plain path only by float32
+  summation order (a few 1e-6 at most on the stand-in weights; the tests hold it to 1e-5), and
+  are the same whatever a request keeps.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from headscope.runtime.kernel import SUPPORTED_D_HEAD, AttentionKernel
+from headscope.runtime.kernel import SUPPORTED_D_HEAD, AttentionKernel, BlockWeights
 from headscope.runtime.loading import ModelConfig
 
 log = logging.getLogger("headscope.engine")
@@ -117,6 +120,12 @@ class _LayerWeights:
     b_fc: Tensor
     w_proj: Tensor
     b_proj: Tensor
+    # The same weights as transposed views, [in, out], for torch.mm/addmm on [rows, in] inputs:
+    # what F.linear does inside, without its per-call reshaping (the kernel path's GEMMs).
+    w_qkv_t: Tensor
+    w_o_t: Tensor
+    w_fc_t: Tensor
+    w_proj_t: Tensor
 
 
 class AnalysisEngine:
@@ -158,16 +167,17 @@ class AnalysisEngine:
 
         eps = self.config.layer_norm_epsilon
         w_o_by_head_t = self._w_o_by_head[layer].transpose(1, 2).contiguous()
+        w_qkv = torch.cat(
+            [
+                tensor("attn.attention.q_proj.weight"),
+                tensor("attn.attention.k_proj.weight"),
+                tensor("attn.attention.v_proj.weight"),
+            ]
+        ).contiguous()
         return _LayerWeights(
             ln_1=(tensor("ln_1.weight"), tensor("ln_1.bias"), eps),
             ln_2=(tensor("ln_2.weight"), tensor("ln_2.bias"), eps),
-            w_qkv=torch.cat(
-                [
-                    tensor("attn.attention.q_proj.weight"),
-                    tensor("attn.attention.k_proj.weight"),
-                    tensor("attn.attention.v_proj.weight"),
-                ]
-            ).contiguous(),
+            w_qkv=w_qkv,
             w_o=tensor("attn.attention.out_proj.weight"),
             b_o=tensor("attn.attention.out_proj.bias"),
             w_o_by_head_t=w_o_by_head_t,
@@ -176,6 +186,10 @@ class AnalysisEngine:
             b_fc=tensor("mlp.c_fc.bias"),
             w_proj=tensor("mlp.c_proj.weight"),
             b_proj=tensor("mlp.c_proj.bias"),
+            w_qkv_t=w_qkv.t(),
+            w_o_t=tensor("attn.attention.out_proj.weight").t(),
+            w_fc_t=tensor("mlp.c_fc.weight").t(),
+            w_proj_t=tensor("mlp.c_proj.weight").t(),
         )
 
     def causal_mask(self, layer: int, length: int) -> Tensor:
@@ -248,6 +262,29 @@ class AnalysisEngine:
         batch, length = input_ids.shape
         n_layers = last_layer + 1
         hidden = F.embedding(input_ids, self._wte) + self._wpe[:length]  # [batch, token, d_model]
+        kernel = self.kernel
+        # One C call per block where the kernel offers it, with a single torch thread: that call
+        # runs attention's (sequence, head) pairs on one thread, the per-op calls below split
+        # them over torch's threads. Both run the same operations in the same order.
+        blocks = self._blocks if kernel is not None and torch.get_num_threads() == 1 else None
+        if kernel is not None:
+            # With the C kernels, each residual add is fused into the LayerNorm after it (hidden
+            # is updated in place; the MLP's output waits in `pending` for the next layer's ln_1),
+            # the tanh-GELU runs in place, and the GEMMs run on [batch * token, features] rows
+            # into buffers reused by every layer (except those an output keeps views of).
+            rows = batch * length
+            normed = torch.empty_like(hidden)
+            normed_rows = normed.view(rows, g.d_model)
+            inner = torch.empty(rows, self._layers[0].w_fc.shape[0])  # [rows, d_mlp]
+            mlp = torch.empty_like(hidden)
+            mlp_rows = mlp.view(rows, g.d_model)
+            pending: Tensor | None = None
+            shared_qkv = None if vectors else torch.empty(rows, 3 * g.d_model)
+            shared_z = None if contributions else torch.empty(rows, g.d_model)
+            shared_output = None if contributions else torch.empty(rows, g.d_model)
+        activation = self._activation
+        if kernel is not None and activation is _gelu_tanh_by_sigmoid:
+            activation = kernel.gelu_tanh_
 
         activity = torch.empty(n_layers, batch, g.n_heads, length)  # [layer, batch, head, token]
         # Patterns are written straight into their final home: no per-layer list, no stack copy.
@@ -260,40 +297,60 @@ class AnalysisEngine:
 
         for layer in range(n_layers):
             weights = self._layers[layer]
-            normed = F.layer_norm(hidden, (g.d_model,), *weights.ln_1)
-            qkv_rows = F.linear(normed, weights.w_qkv)  # [batch, token, 3 * d_model]
-            qkv = qkv_rows.view(batch, length, 3, g.n_heads, g.d_head).permute(2, 0, 3, 1, 4)
-            query, key, value = qkv[0], qkv[1], qkv[2]  # each [batch, head, token, d_head]
-
             pattern_heads = (
                 list(range(g.n_heads))
                 if all_patterns
                 else sorted(head for (lay, head) in wanted_patterns if lay == layer)
             )
             out = pattern_store[layer] if pattern_store is not None else None
+            if kernel is not None and out is None and pattern_heads:
+                out = torch.empty(batch, len(pattern_heads), length, length)
             contribution = None
-            if self.kernel is not None:
-                if out is None and pattern_heads:
-                    out = torch.empty(batch, len(pattern_heads), length, length)
-                merged = self.kernel.attend(
-                    qkv_rows, g.n_heads, self._window(layer), weights.w_o_gram,
-                    activity[layer], out, pattern_heads,
-                )  # fmt: skip  # merged: [batch, token, head * d_head]
+            if kernel is not None and blocks is not None:
+                qkv_rows = torch.empty(rows, 3 * g.d_model) if shared_qkv is None else shared_qkv
+                merged = torch.empty(rows, g.d_model) if shared_z is None else shared_z
+                attention_output = (
+                    torch.empty(rows, g.d_model) if shared_output is None else shared_output
+                )
+                kernel.block_forward(
+                    blocks[layer], batch, length, hidden, pending, normed_rows, qkv_rows, merged,
+                    attention_output, inner, mlp_rows, activity[layer], out, pattern_heads,
+                    last=layer == last_layer,
+                )  # fmt: skip
+                pending = mlp
                 pattern = out
-                z = merged.view(batch, length, g.n_heads, g.d_head).transpose(1, 2)
+                attention_output = attention_output.view(batch, length, g.d_model)
+            elif kernel is not None:
+                kernel.add_layer_norm(hidden, pending, *weights.ln_1, out=normed)
+                qkv_rows = torch.mm(normed_rows, weights.w_qkv_t, out=shared_qkv)
+                merged = kernel.attend(
+                    qkv_rows.view(batch, length, -1), g.n_heads, self._window(layer),
+                    weights.w_o_gram, activity[layer], out, pattern_heads,
+                ).view(rows, g.d_model)  # fmt: skip  # [batch * token, head * d_head]
+                pattern = out
+                attention_output = torch.addmm(
+                    weights.b_o, merged, weights.w_o_t, out=shared_output
+                ).view(batch, length, g.d_model)
             else:
+                normed = F.layer_norm(hidden, (g.d_model,), *weights.ln_1)
+                qkv_rows = F.linear(normed, weights.w_qkv)  # [batch, token, 3 * d_model]
+            if kernel is None or vectors:
+                qkv = qkv_rows.view(batch, length, 3, g.n_heads, g.d_head).permute(2, 0, 3, 1, 4)
+                query, key, value = qkv[0], qkv[1], qkv[2]  # each [batch, head, token, d_head]
+            if kernel is None:
                 # pattern: [batch, len(pattern_heads), q, k] or None; z: [batch, head, token, d]
                 pattern, z = self._attend(layer, query, key, value, pattern_heads, out)
                 contribution = torch.matmul(z, weights.w_o_by_head_t)  # [b, head, token, d_model]
                 torch.linalg.vector_norm(contribution, dim=-1, out=activity[layer])
                 merged = z.transpose(1, 2).reshape(batch, length, g.d_model)  # [b, token, h*d]
+                attention_output = F.linear(merged, weights.w_o, weights.b_o)  # [b, token, d]
+            elif contributions:
+                z = merged.view(batch, length, g.n_heads, g.d_head).transpose(1, 2)
+                contribution = torch.matmul(z, weights.w_o_by_head_t)
             for position, head in enumerate(pattern_heads):
                 if (layer, head) in wanted_patterns:
                     # A view: the buffer holds only kept heads (or is the all-pattern output).
                     kept_patterns[(layer, head)] = pattern[:, position]
-            attention_output = F.linear(merged, weights.w_o, weights.b_o)  # [b, token, d_model]
-            if contributions and contribution is None:
-                contribution = torch.matmul(z, weights.w_o_by_head_t)
 
             if vectors:
                 key_stack.append(key)
@@ -303,13 +360,18 @@ class AnalysisEngine:
                 contribution_stack.append(contribution)
                 attention_output_stack.append(attention_output)
 
-            if layer == last_layer:
-                break
-            hidden = hidden + attention_output
-            normed = F.layer_norm(hidden, (g.d_model,), *weights.ln_2)
-            mlp = F.linear(self._activation(F.linear(normed, weights.w_fc, weights.b_fc)),
-                           weights.w_proj, weights.b_proj)  # fmt: skip
-            hidden = hidden + mlp
+            if layer == last_layer or blocks is not None:
+                continue  # a whole-block call has done the MLP already
+            if kernel is not None:
+                kernel.add_layer_norm(hidden, attention_output, *weights.ln_2, out=normed)
+                torch.addmm(weights.b_fc, normed_rows, weights.w_fc_t, out=inner)
+                torch.addmm(weights.b_proj, activation(inner), weights.w_proj_t, out=mlp_rows)
+                pending = mlp
+            else:
+                hidden = hidden + attention_output
+                normed = F.layer_norm(hidden, (g.d_model,), *weights.ln_2)
+                inner = F.linear(normed, weights.w_fc, weights.b_fc)  # [batch, token, d_mlp]
+                hidden = hidden + F.linear(activation(inner), weights.w_proj, weights.b_proj)
 
         def stack(tensors: list[Tensor]) -> Tensor | None:
             return torch.stack(tensors, dim=1) if tensors else None
@@ -328,15 +390,48 @@ class AnalysisEngine:
     # -- the fused kernel (headscope.runtime.kernel), when one is attached ------------------------
 
     kernel: AttentionKernel | None = None
+    _blocks: list[BlockWeights] | None = None  # the kernel's whole-block weights, one per layer
 
-    def use_kernel(self, kernel: AttentionKernel | None) -> None:
+    def use_kernel(self, kernel: AttentionKernel | None, *, whole_blocks: bool = True) -> None:
         """Run attention with the fused C kernel (None: the torch path below).
 
-        The kernel covers heads of size 4 (every TinyStories model); other sizes keep torch."""
+        The kernel covers heads of size 4 (every TinyStories model); other sizes keep torch.
+        Whole blocks go in one call (`whole_blocks`) where the kernel offers it and the model's
+        activation is the tanh-GELU (the kernel's own); otherwise its pieces are called one by
+        one, with the same results bit for bit."""
         if kernel is not None and self.geometry.d_head != SUPPORTED_D_HEAD:
             log.info("d_head=%d: the attention kernel needs 4; using torch", self.geometry.d_head)
             kernel = None
         self.kernel = kernel
+        self._blocks = None
+        if (
+            kernel is not None
+            and whole_blocks
+            and kernel.blocks
+            and self._activation is _gelu_tanh_by_sigmoid
+        ):
+            self._blocks = [
+                kernel.block_weights(
+                    w.ln_1,
+                    w.ln_2,
+                    w.w_qkv,
+                    w.w_o,
+                    w.b_o,
+                    w.w_fc,
+                    w.b_fc,
+                    w.w_proj,
+                    w.b_proj,
+                    w.w_o_gram,
+                    self.geometry.n_heads,
+                    self._window(layer),
+                )  # fmt: skip
+                for layer, w in enumerate(self._layers)
+            ]
+
+    @property
+    def whole_blocks(self) -> bool:
+        """Whether a single-threaded forward runs each block in one kernel call."""
+        return self._blocks is not None
 
     def _window(self, layer: int) -> int:
         """Keys a query may see on this layer, counting itself (0: all earlier keys)."""
