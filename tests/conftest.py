@@ -53,18 +53,25 @@ def settings(standin_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def runtime(settings):
-    """The trained stand-in, loaded once for the whole session (treat as read-only)."""
+    """The trained stand-in, loaded once for the whole session (treat as read-only); it tags in
+    a child process, as the server does by default."""
     from headscope.runtime import load_runtime
 
-    return load_runtime(settings)
+    loaded = load_runtime(settings)
+    yield loaded
+    loaded.close()
 
 
 @pytest.fixture(scope="session")
 def random_runtime(random_model_dir):
+    """A random-weight model; it tags in its own process (`tagger_process=False`), so the tests
+    that use it cover that path."""
     from headscope.runtime import load_runtime
     from headscope.settings import Settings
 
-    return load_runtime(Settings(model=str(random_model_dir)))
+    loaded = load_runtime(Settings(model=str(random_model_dir), tagger_process=False))
+    yield loaded
+    loaded.close()
 
 
 @pytest.fixture()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -147,8 +148,13 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
             app.state.runtime = load_runtime(settings)
         if settings.api_key is None:
             log.warning("No API key set: the API is unauthenticated (bound to %s)", settings.host)
+        # What is loaded by now lives as long as the server: full collections need not walk it
+        # again and again (they were ~2-3% of the CPU under load).
+        gc.freeze()
         yield
         app.state.pool.shutdown()
+        if runtime is None:
+            app.state.runtime.close()
 
     app = FastAPI(
         title="headscope",

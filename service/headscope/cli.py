@@ -58,6 +58,7 @@ SERVE_SETTINGS = [
     "torch_threads",
     "attention_kernel",
     "kernel_cache",
+    "tagger_process",
     "analysis_cache_mb",
     "heap_trim_interval",
     "probes",

@@ -155,6 +155,12 @@ def to_lists(payload: dict[str, Any]) -> dict[str, Any]:
 
 
 def encode_json(payload: dict[str, Any], precision: Precision = Precision()) -> bytes:
+    if precision.is_exact:
+        # Most payloads need no change: the walk below was a third of the encoding's time.
+        try:
+            return orjson.dumps(payload, option=ORJSON_OPTIONS)
+        except orjson.JSONEncodeError:
+            pass  # an array orjson cannot write as it is (not C-contiguous): made contiguous below
     return orjson.dumps(
         _map_arrays(payload, lambda array: np.ascontiguousarray(precision.apply(array))),
         option=ORJSON_OPTIONS,

@@ -56,6 +56,11 @@ class Settings(BaseSettings):
         description="Folder for the built attention kernel (default: ~/.cache/headscope/kernels, "
         "or under XDG_CACHE_HOME).",
     )
+    tagger_process: bool = Field(
+        default=True,
+        description="Tag in a child process (no torch, ~100 MB), beside the forward pass and "
+        "without holding the server's GIL; off: tag in the server process.",
+    )
     analysis_cache_mb: int = Field(
         default=64,
         ge=0,

@@ -38,9 +38,10 @@ def work_counter(runtime, monkeypatch):
         return wrapper
 
     monkeypatch.setattr(runtime.engine, "run", counting("engine", runtime.engine.run))
-    monkeypatch.setattr(
-        runtime.tagger, "tag_tokens", counting("tagging", runtime.tagger.tag_tokens)
-    )
+    for method in ("tag_tokens", "submit_tag_tokens"):  # /v1/analyze submits, the rest call
+        monkeypatch.setattr(
+            runtime.tagger, method, counting("tagging", getattr(runtime.tagger, method))
+        )
     return calls
 
 

@@ -205,6 +205,7 @@ def test_training_at_startup_when_none_matches(standin_dir, tmp_path, caplog):
     )
     with caplog.at_level(logging.INFO, logger="headscope.probes"):
         loaded = load_runtime(settings)
+    loaded.close()
     assert loaded.probes is not None
     assert [run.directory for run in list_runs(store)] == [loaded.probes.directory]
     progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("probes: ")]

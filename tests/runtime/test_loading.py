@@ -251,14 +251,15 @@ settings = Settings(model=sys.argv[1], allow_missing_probes=True, store=sys.argv
 with TestClient(create_app(settings)) as client:
     assert client.get("/readyz").status_code == 200
     assert client.post("/v1/analyze", json={"text": "Lily said, 'Hi!'"}).status_code == 200
-heavy = ("transformers", "matplotlib")
+heavy = ("transformers", "matplotlib", "nltk")
 print(sorted(name for name in sys.modules if name.split(".")[0] in heavy))
 """
 
 
-def test_the_server_imports_neither_transformers_nor_matplotlib(tmp_path):
+def test_the_server_imports_neither_transformers_nor_matplotlib_nor_nltk(tmp_path):
     """Starting the app (its lifespan loads the runtime) and answering an analysis leaves
-    transformers and matplotlib unimported: they cost seconds and ~150 MB."""
+    transformers and matplotlib unimported (they cost seconds and ~150 MB), and nltk too: the
+    tagger process tags."""
     result = subprocess.run(
         [sys.executable, "-c", SERVER_IMPORTS, str(STANDIN_DIR), str(tmp_path)],
         env=server_env(),

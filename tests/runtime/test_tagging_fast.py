@@ -15,6 +15,7 @@ import textwrap
 from collections import defaultdict
 
 import pytest
+from nltk.tokenize import TreebankWordTokenizer
 
 from headscope.runtime.cache import AnalysisCache
 from headscope.runtime.tagging import (
@@ -228,6 +229,50 @@ def test_alignment_equals_the_plain_loop_on_odd_words_and_tokens():
             text, words, offsets
         ), (text, words, offsets)
         assert paper_alignment(text, words, offsets) == plain_paper_alignment(text, words, offsets)
+
+
+ODD_TEXTS = [
+    "",
+    "   ",
+    "He said \"no\" -- and (then) [left] {quietly} <now>... can't won't gonna",
+    "``Quoted'' and \u201ccurly\u201d and \u2018single\u2019 quotes; 'tis 'em",
+    "It cost $3.88, or 12,000 yen: 50% off! Wasn't it?! Mr. Smith's dog's toys.",
+    "caf\u00e9 na\u00efve stra\u00dfe \U0001f642 \u65e5\u672c -- --- ---- a--b",
+    "I'M GONNA WANNA GIMME LEMME 'TWAS D'YE MORE'N",
+    "x" * 2000,
+]
+
+
+def test_words_and_sentences_equal_stock_nltk_without_match_timeouts(pos_tagger):
+    import nltk
+    from nltk.tokenize import PunktSentenceTokenizer
+
+    from headscope.runtime.tagging import PUNKT_RESOURCE, treebank_without_match_timeouts
+
+    # A fresh splitter of the kind the tagger loads: punkt_tab's English, else Punkt's defaults.
+    try:
+        nltk.data.find(PUNKT_RESOURCE)
+        from nltk.tokenize.punkt import PunktTokenizer
+
+        stock_sentences = PunktTokenizer("english")
+    except LookupError:
+        stock_sentences = PunktSentenceTokenizer()
+    stock_words = TreebankWordTokenizer()
+    text = CORPUS.read_text()
+    spans = list(stock_sentences.span_tokenize(text))
+    assert list(pos_tagger.sentence_splitter.span_tokenize(text)) == spans
+    fast = treebank_without_match_timeouts()
+    for start, end in spans:
+        assert fast.tokenize(text[start:end]) == stock_words.tokenize(text[start:end])
+    for odd in ODD_TEXTS:
+        assert fast.tokenize(odd) == stock_words.tokenize(odd), odd
+        assert list(pos_tagger.sentence_splitter.span_tokenize(odd)) == list(
+            stock_sentences.span_tokenize(odd)
+        )
+    guarded = [
+        name for name in dir(fast) if name.isupper() and "TimedPattern" in repr(getattr(fast, name))
+    ]
+    assert guarded == []
 
 
 def with_cache(tagger: PosTagger, max_bytes: int) -> PosTagger:

@@ -230,7 +230,7 @@ class CorpusAnalysis:
         self._corpus: Corpus | None = None
         self._corpus_error: tuple[float, str] | None = None
         self._corpus_lock = threading.Lock()
-        classes = getattr(runtime.tagger.tagger, "classes", ())
+        classes = runtime.tagger.classes
         self.known_tags = frozenset(classes) | {NO_WORD}
 
     # -- the corpus ----------------------------------------------------------------------------

@@ -367,7 +367,9 @@ class Tokenizer:
 
     def __call__(self, text: str, add_special_tokens: bool = True) -> Tokenized:
         """Token ids and character offsets (always: headscope aligns tokens with words)."""
-        encoding = self.backend.encode(text, add_special_tokens=add_special_tokens)
+        # encode_batch releases the GIL while it works (encode holds it): the same encoding, with
+        # other requests' Python running meanwhile.
+        (encoding,) = self.backend.encode_batch([text], add_special_tokens=add_special_tokens)
         return Tokenized(encoding.ids, encoding.offsets)
 
     def decode(self, ids: list[int], skip_special_tokens: bool = False) -> str:

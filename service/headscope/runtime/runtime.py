@@ -23,7 +23,8 @@ from headscope.runtime.loading import (
     resolve_model_files,
     sha256_of_files,
 )
-from headscope.runtime.tagging import PosTagger
+from headscope.runtime.tagging import WORD_SPAN_CACHE_BYTES, PosTagger
+from headscope.runtime.tagging_process import TaggerProcess
 from headscope.schemas import (
     ActivityRequest,
     ActivityResponse,
@@ -71,7 +72,7 @@ class Runtime:
         files: ModelFiles,
         model: Checkpoint,
         tokenizer: Tokenizer,
-        tagger: PosTagger,
+        tagger: PosTagger | TaggerProcess,
         weights_sha256: str,
     ) -> None:
         self.settings = settings
@@ -91,6 +92,10 @@ class Runtime:
         self.probes = None  # set by the probes loader when a run is loaded
         self.cache = AnalysisCache(getattr(settings, "analysis_cache_mb", 0) * 2**20)
         self.probes_reason: str | None = "No probe run loaded."
+
+    def close(self) -> None:
+        """Stop what the runtime started (the tagger's child process)."""
+        self.tagger.close()
 
     # -- model facts ---------------------------------------------------------------------------
 
@@ -316,9 +321,11 @@ class Runtime:
 
         def compute() -> dict:
             encoded = self.encode(request.text)
+            # With a tagger process, the words are tagged there while the forward pass runs here.
+            tags = self.tagger.submit_tag_tokens(encoded.text, encoded.offsets, "overlap")
             output = self.forward(encoded, patterns=heads)
             return {
-                "tokens": self.token_dicts(encoded, self.tags(encoded)),
+                "tokens": self.token_dicts(encoded, tags.result()),
                 "activity": output.activity[0].contiguous().numpy(),  # [layer, head, token]
                 "patterns": [
                     {
@@ -376,12 +383,21 @@ def load_runtime(settings: Settings, *, load_probes: bool = True) -> Runtime:
 
     `load_probes=False` skips the probe run (the probe trainer loads the model this way)."""
     files = resolve_model_files(settings.model, settings.tokenizer)
-    tagger = PosTagger()
-    if settings.torch_threads:
-        torch.set_num_threads(settings.torch_threads)
-    model, tokenizer = load_model(files)
-    weights_sha256 = sha256_of_files(files.weight_files)
-    runtime = Runtime(settings, files, model, tokenizer, tagger, weights_sha256)
+    if getattr(settings, "tagger_process", False):
+        tagger: PosTagger | TaggerProcess = TaggerProcess(WORD_SPAN_CACHE_BYTES)  # loads meanwhile
+    else:
+        tagger = PosTagger()
+    try:
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)
+        model, tokenizer = load_model(files)
+        weights_sha256 = sha256_of_files(files.weight_files)
+        if isinstance(tagger, TaggerProcess):
+            tagger.wait_ready()
+        runtime = Runtime(settings, files, model, tokenizer, tagger, weights_sha256)
+    except BaseException:
+        tagger.close()
+        raise
     runtime.engine.use_kernel(
         load_attention_kernel(
             getattr(settings, "attention_kernel", "auto"), getattr(settings, "kernel_cache", None)

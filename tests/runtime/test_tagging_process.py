@@ -1,0 +1,154 @@
+"""The tagger's child process: the same tags as tagging in the server process, and what happens
+when the child fails to start, dies, hangs or is stopped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from headscope.errors import NotReady, StartupError
+from headscope.runtime.tagging import PosTagger
+from headscope.runtime.tagging_process import TaggerProcess
+from tests.helpers import CORPUS
+
+ODD_TEXTS = [
+    'Tom said, "I like the lake." Then he ran.',
+    "``Quoted'' and \u201ccurly\u201d -- (parens) can't won't. Mr. Smith's dog.",
+    "caf\u00e9 \U0001f642 \u65e5\u672c 12,000 $3.88",
+    " \n ",
+    "x" * 500,
+]
+
+
+def offsets_of(text: str) -> list[tuple[int, int]]:
+    """Some character spans over the text (tokens of 1-5 characters), as a tokenizer gives."""
+    spans, start = [], 0
+    while start < len(text):
+        end = min(len(text), start + 1 + start % 5)
+        spans.append((start, end))
+        start = end
+    return spans
+
+
+@pytest.fixture(scope="module")
+def in_process():
+    return PosTagger(cache_bytes=0)
+
+
+@pytest.fixture(scope="module")
+def child():
+    tagger = TaggerProcess(cache_bytes=2**20)
+    tagger.wait_ready()
+    yield tagger
+    tagger.close()
+
+
+def sample_texts(count: int) -> list[str]:
+    paragraphs = [p.strip() for p in CORPUS.read_text().split("\n\n") if p.strip()]
+    return paragraphs[:: len(paragraphs) // count][:count]
+
+
+def test_the_child_tags_as_the_server_process_does(child, in_process):
+    assert child.identity == in_process.identity
+    assert child.classes == in_process.classes
+    for text in sample_texts(40) + ODD_TEXTS:
+        offsets = offsets_of(text)
+        for alignment in ("overlap", "paper"):
+            assert child.tag_tokens(text, offsets, alignment) == in_process.tag_tokens(
+                text, offsets, alignment
+            )
+        assert child.word_spans(text) == in_process.word_spans(text)
+
+
+def test_answers_come_back_to_the_request_that_asked(child, in_process):
+    texts = sample_texts(12)
+    answers = [child.submit_tag_tokens(text, offsets_of(text)) for text in texts]
+    for text, answer in zip(reversed(texts), reversed(answers), strict=True):
+        assert answer.result() == in_process.tag_tokens(text, offsets_of(text))
+
+
+def test_the_child_never_loads_torch(child):
+    with open(f"/proc/{child.pid}/maps") as maps:
+        assert "libtorch" not in maps.read()
+
+
+def test_a_dead_child_is_replaced_on_the_next_request(in_process):
+    tagger = TaggerProcess(cache_bytes=0)
+    tagger.wait_ready()
+    try:
+        first = tagger.pid
+        long_text = "The dog ran to the park and saw a big red ball. " * 400
+        waiting = tagger.submit_tag_tokens(long_text, offsets_of(long_text))
+        os.kill(first, signal.SIGKILL)
+        with pytest.raises(NotReady) as stopped:
+            waiting.result()
+        assert stopped.value.status_code == 503 and stopped.value.headers["Retry-After"]
+        text = ODD_TEXTS[0]
+        assert tagger.tag_tokens(text, offsets_of(text)) == in_process.tag_tokens(
+            text, offsets_of(text)
+        )
+        assert tagger.pid not in (None, first)
+    finally:
+        tagger.close()
+
+
+def test_a_stuck_child_is_replaced_after_the_answer_timeout(in_process):
+    tagger = TaggerProcess(cache_bytes=0, answer_timeout=1.0)
+    tagger.wait_ready()
+    try:
+        stuck = tagger.pid
+        os.kill(stuck, signal.SIGSTOP)
+        text = ODD_TEXTS[1]
+        with pytest.raises(NotReady, match="took too long"):
+            tagger.tag_tokens(text, offsets_of(text))
+        deadline = time.monotonic() + 10
+        while tagger.pid == stuck and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert tagger.tag_tokens(text, offsets_of(text)) == in_process.tag_tokens(
+            text, offsets_of(text)
+        )
+        assert tagger.pid != stuck
+    finally:
+        tagger.close()
+
+
+def test_close_stops_the_child_and_refuses_later_requests():
+    tagger = TaggerProcess(cache_bytes=0)
+    tagger.wait_ready()
+    pid = tagger.pid
+    tagger.close()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(NotReady, match="shutting down"):
+        tagger.tag_tokens("Hi.", [(0, 3)])
+
+
+def test_missing_tagger_data_fails_the_start_by_name(tmp_path, monkeypatch):
+    monkeypatch.setenv("NLTK_DATA", str(tmp_path))
+    monkeypatch.setenv("HEADSCOPE_OFFLINE", "1")
+    tagger = TaggerProcess(cache_bytes=0)
+    with pytest.raises(StartupError, match="averaged_perceptron_tagger_eng"):
+        tagger.wait_ready()
+    tagger.close()
+
+
+def test_analyze_answers_the_same_whichever_process_tags(runtime, in_process):
+    from headscope.runtime import Runtime
+    from headscope.schemas import AnalyzeRequest
+
+    assert isinstance(runtime.tagger, TaggerProcess)  # the default
+    local = Runtime(
+        runtime.settings.model_copy(update={"analysis_cache_mb": 0, "tagger_process": False}),
+        runtime.files,
+        runtime.model,
+        runtime.tokenizer,
+        in_process,
+        runtime.weights_sha256,
+    )
+    local.engine.use_kernel(runtime.engine.kernel)
+    for text in sample_texts(8):
+        request = AnalyzeRequest(text=text, patterns=[{"layer": 2, "head": 0}])
+        assert local.analyze(request) == runtime.analyze(request)
