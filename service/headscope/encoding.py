@@ -145,8 +145,14 @@ def _map_arrays(value: Any, function) -> Any:
     if isinstance(value, dict):
         return {key: _map_arrays(item, function) for key, item in value.items()}
     if isinstance(value, list):
+        if value and isinstance(value[0], dict) and not _holds_arrays(value[0]):
+            return value  # rows of plain values (the tokens): payload lists are homogeneous
         return [_map_arrays(item, function) for item in value]
     return value
+
+
+def _holds_arrays(row: dict[str, Any]) -> bool:
+    return any(isinstance(item, (np.ndarray, dict, list)) for item in row.values())
 
 
 def to_lists(payload: dict[str, Any]) -> dict[str, Any]:
@@ -154,15 +160,32 @@ def to_lists(payload: dict[str, Any]) -> dict[str, Any]:
     return _map_arrays(payload, lambda array: array.tolist())
 
 
+# orjson holds the GIL for the whole of one call: a 512x512 pattern is ~20 ms of it, all that
+# time the event loop (health checks, every other request's I/O) cannot run. Arrays bigger than
+# this are written a slice at a time, and other threads get the GIL between slices.
+JSON_SLICE_FLOATS = 4096
+
+
+def _array_json(array: np.ndarray) -> bytes:
+    """orjson's bytes for the array: the same bytes, written slices of rows at a time."""
+    array = np.ascontiguousarray(array)
+    if array.ndim <= 1 or array.size <= JSON_SLICE_FLOATS:
+        return orjson.dumps(array, option=ORJSON_OPTIONS)
+    row_size = array[0].size
+    if row_size > JSON_SLICE_FLOATS:
+        return b"[" + b",".join(_array_json(row) for row in array) + b"]"
+    step = JSON_SLICE_FLOATS // row_size
+    # Each slice is "[row,row,...]": its rows, without its brackets, join into the whole.
+    slices = (
+        orjson.dumps(array[start : start + step], option=ORJSON_OPTIONS)[1:-1]
+        for start in range(0, len(array), step)
+    )
+    return b"[" + b",".join(slices) + b"]"
+
+
 def encode_json(payload: dict[str, Any], precision: Precision = Precision()) -> bytes:
-    if precision.is_exact:
-        # Most payloads need no change: the walk below was a third of the encoding's time.
-        try:
-            return orjson.dumps(payload, option=ORJSON_OPTIONS)
-        except orjson.JSONEncodeError:
-            pass  # an array orjson cannot write as it is (not C-contiguous): made contiguous below
     return orjson.dumps(
-        _map_arrays(payload, lambda array: np.ascontiguousarray(precision.apply(array))),
+        _map_arrays(payload, lambda array: orjson.Fragment(_array_json(precision.apply(array)))),
         option=ORJSON_OPTIONS,
     )
 

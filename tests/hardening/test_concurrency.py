@@ -12,8 +12,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
+from headscope.runtime.loading import load_tokenizer
 from tests.hardening.conftest import assert_envelope, configured_server
-from tests.helpers import CORPUS
+from tests.helpers import CORPUS, STANDIN_DIR
 
 
 def gated_pool(max_concurrency: int, max_queue: int):
@@ -91,34 +92,39 @@ def test_past_the_queue_requests_are_refused_and_the_admitted_succeed(settings, 
         assert_same(response.json(), alone.model_dump(mode="json"), text)
 
 
-def test_health_answers_fast_while_32_attention_requests_run(settings, runtime):
-    # Stories of ~250 tokens: long enough that the 32 analyses keep the pool busy for a while.
-    stories = [" ".join(paragraphs(128)[i::32]) for i in range(32)]
-    texts = [runtime.tokenizer.decode(runtime.encode(story).ids[:250]) for story in stories]
+def test_health_answers_fast_while_32_attention_requests_run(processes):
+    """On a real `headscope serve` process (default settings): clients in this process would
+    share its GIL with an in-process server, and their Python would count as the server's."""
+    server = processes[0]["soak"]
+    # Stories of 500 tokens: long enough that the 32 analyses keep the pool busy for a while.
+    stories = [" ".join(paragraphs(320)[i::32]) for i in range(32)]
+    tokenizer = load_tokenizer(STANDIN_DIR)
+    texts = [
+        tokenizer.decode(tokenizer(story, add_special_tokens=False).input_ids[:500])
+        for story in stories
+    ]
     latencies: list[float] = []
-    with configured_server(settings, runtime) as server:
-        # One shared client: a new httpx client per request costs more CPU (TLS context) than
-        # the request itself, and that CPU would come out of the server's share.
-        limits = httpx.Limits(max_connections=40)
-        with (
-            httpx.Client(base_url=server.base_url, limits=limits, timeout=120) as load,
-            httpx.Client(base_url=server.base_url) as health,
-            ThreadPoolExecutor(32) as clients,
-        ):
-            load.post("/v1/attention", json={"text": texts[0], "layer": 0, "head": 0})
+    # One shared client: a new httpx client per request costs more CPU (TLS context) than the
+    # request itself, and that CPU would come out of the server's share.
+    limits = httpx.Limits(max_connections=40)
+    with (
+        httpx.Client(base_url=server.base_url, limits=limits, timeout=120) as load,
+        httpx.Client(base_url=server.base_url) as health,
+        ThreadPoolExecutor(32) as clients,
+    ):
+        load.post("/v1/attention", json={"text": texts[0], "layer": 0, "head": 0})
 
-            def analyse(index: int) -> int:
-                body = {"text": texts[index], "layer": index % 8, "head": (3 * index) % 16}
-                return load.post("/v1/attention", json=body).status_code
+        def analyse(index: int) -> int:
+            body = {"text": texts[index], "layer": index % 8, "head": (3 * index) % 16}
+            return load.post("/v1/attention", json=body).status_code
 
-            futures = [clients.submit(analyse, i) for i in range(32)]
-            wait_for(lambda: server.app.state.pool.admitted > 0)
-            while not all(f.done() for f in futures):
-                started = time.perf_counter()
-                assert health.get("/healthz").status_code == 200
-                latencies.append(time.perf_counter() - started)
-                time.sleep(0.002)
-            statuses = [f.result() for f in futures]
+        futures = [clients.submit(analyse, i) for i in range(32)]
+        while not all(f.done() for f in futures):
+            started = time.perf_counter()
+            assert health.get("/healthz").status_code == 200
+            latencies.append(time.perf_counter() - started)
+            time.sleep(0.002)
+        statuses = [f.result() for f in futures]
     assert statuses == [200] * 32
     assert len(latencies) >= 20, "the attention requests finished before health was sampled"
     p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]

@@ -185,3 +185,26 @@ def test_bad_sparsity_options_are_422_envelopes(api, field, value):
     response = api.post("/v1/attention", json=body)
     assert response.status_code == 422
     assert response.json()["error"]["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    "shape",
+    [(0,), (0, 3), (3, 0), (5,), (4097,), (1, 4097), (4097, 1), (3, 5000), (8, 16, 128),
+     (300, 300), (1, 300, 300), (16, 64, 64), (2, 16, 70, 70)],
+)  # fmt: skip
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_json_written_in_slices_is_byte_for_byte_one_orjson_call(shape, dtype):
+    import orjson
+
+    from headscope.encoding import ORJSON_OPTIONS, _array_json, encode_json
+
+    array = np.random.default_rng(0).random(shape, dtype=np.float32).astype(dtype)
+    assert _array_json(array) == orjson.dumps(array, option=ORJSON_OPTIONS)
+    payload = {
+        "tokens": [{"index": 0, "text": 'a"b', "tag": None}],
+        "array": array,
+        "transposed": array.T,  # not C-contiguous
+        "patterns": [{"layer": 1, "pattern": array}],
+    }
+    plain = {**payload, "transposed": np.ascontiguousarray(array.T)}
+    assert encode_json(payload) == orjson.dumps(plain, option=ORJSON_OPTIONS)
