@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -113,6 +115,43 @@ def test_a_stuck_child_is_replaced_after_the_answer_timeout(in_process):
         assert tagger.pid != stuck
     finally:
         tagger.close()
+
+
+def test_the_child_outlives_signals_meant_for_the_server_and_its_death(in_process):
+    """SIGTERM/SIGINT sent to the whole service (systemd, Ctrl-C) leave the child to the server,
+    which stops it after draining; a server that dies takes its child along."""
+    tagger = TaggerProcess(cache_bytes=0)
+    tagger.wait_ready()
+    try:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            os.kill(tagger.pid, signum)
+        time.sleep(0.2)
+        text = ODD_TEXTS[0]
+        assert tagger.tag_tokens(text, offsets_of(text)) == in_process.tag_tokens(
+            text, offsets_of(text)
+        )
+    finally:
+        tagger.close()
+    orphan_script = (
+        "import os, sys; from headscope.runtime.tagging_process import TaggerProcess; "
+        "t = TaggerProcess(0); t.wait_ready(); print(t.pid, flush=True); os._exit(0)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", orphan_script], capture_output=True, text=True, timeout=120
+    )
+    orphan = int(result.stdout.split()[-1])
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and _alive(orphan):
+        time.sleep(0.05)
+    assert not _alive(orphan), "the child outlived its server"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split()[2] != "Z"  # a zombie has exited
+    except FileNotFoundError:
+        return False
 
 
 def test_close_stops_the_child_and_refuses_later_requests():

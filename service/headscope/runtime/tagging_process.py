@@ -277,9 +277,12 @@ def _serve(tagger: Any, requests: IO[bytes], answers: IO[bytes]) -> None:
 
 
 def main() -> int:
-    # Ctrl-C in a terminal reaches the whole process group; the server decides when this child
-    # stops (by closing its stdin), after the analyses in flight.
+    # Ctrl-C in a terminal reaches the whole process group, and systemd (or `timeout`) sends
+    # SIGTERM to every process of the service: the server decides when this child stops (by
+    # closing its stdin), after the analyses in flight have their tags. If the server dies, its
+    # end of the pipe closes and the child exits all the same.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints must not corrupt frames
     logging.basicConfig(level=logging.INFO, format="tagger process: %(levelname)s %(message)s")
