@@ -395,24 +395,25 @@ def load_runtime(settings: Settings, *, load_probes: bool = True) -> Runtime:
         if isinstance(tagger, TaggerProcess):
             tagger.wait_ready()
         runtime = Runtime(settings, files, model, tokenizer, tagger, weights_sha256)
-    except BaseException:
-        tagger.close()
-        raise
-    runtime.engine.use_kernel(
-        load_attention_kernel(
-            getattr(settings, "attention_kernel", "auto"), getattr(settings, "kernel_cache", None)
+        runtime.engine.use_kernel(
+            load_attention_kernel(
+                getattr(settings, "attention_kernel", "auto"),
+                getattr(settings, "kernel_cache", None),
+            )
         )
-    )
-    log.info(
-        "Loaded %s (%d layers x %d heads, weights sha256 %s…), max_tokens=%d",
-        files.model_id,
-        runtime.geometry.n_layers,
-        runtime.geometry.n_heads,
-        weights_sha256[:12],
-        runtime.max_tokens,
-    )
-    if load_probes:
-        from headscope.runtime.probes.loader import attach_probes
+        log.info(
+            "Loaded %s (%d layers x %d heads, weights sha256 %s…), max_tokens=%d",
+            files.model_id,
+            runtime.geometry.n_layers,
+            runtime.geometry.n_heads,
+            weights_sha256[:12],
+            runtime.max_tokens,
+        )
+        if load_probes:
+            from headscope.runtime.probes.loader import attach_probes
 
-        attach_probes(runtime, settings)
+            attach_probes(runtime, settings)
+    except BaseException:
+        tagger.close()  # a start that fails leaves no child behind
+        raise
     return runtime
