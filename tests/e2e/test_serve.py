@@ -105,6 +105,7 @@ def test_token_limit_beyond_the_config_is_refused(max_tokens):
         (("--attention-kernel", "fast"), {}, ("attention_kernel", "'auto', 'c' or 'torch'")),
         ((), {"HEADSCOPE_ATTENTION_KERNEL": "gpu"}, ("attention_kernel",)),
         (("--heap-trim-interval", "-1"), {}, ("heap_trim_interval", "greater than or equal")),
+        ((), {"HEADSCOPE_TAGGER_PROCESS": "sometimes"}, ("tagger_process", "boolean")),
     ],
 )
 def test_invalid_performance_settings_are_refused_by_name(args, env, fragments):

@@ -141,15 +141,24 @@ def test_gelu_works_in_place(attention_kernel):
 
 def test_threads_split_the_work_without_changing_a_bit(attention_kernel):
     qkv, gram = random_problem(3, 130, seed=1)
+
+    def attend() -> tuple[torch.Tensor, ...]:
+        activity = torch.empty(3, HEADS, 130)
+        patterns = torch.empty(3, HEADS, 130, 130)
+        z = attention_kernel.attend(qkv, HEADS, 0, gram, activity, patterns, list(range(HEADS)))
+        return z, activity, patterns
+
+    assert_same_bits_at_1_2_and_3_threads(attend)
+
+
+def assert_same_bits_at_1_2_and_3_threads(compute) -> None:
+    """compute() (a tuple of tensors) with torch at 1, 2 and 3 threads: identical bits."""
     results = []
     previous = torch.get_num_threads()
     try:
         for threads in (1, 2, 3):
             torch.set_num_threads(threads)
-            activity = torch.empty(3, HEADS, 130)
-            patterns = torch.empty(3, HEADS, 130, 130)
-            z = attention_kernel.attend(qkv, HEADS, 0, gram, activity, patterns, list(range(HEADS)))
-            results.append((z, activity, patterns))
+            results.append(compute())
     finally:
         torch.set_num_threads(previous)
     for other in results[1:]:
@@ -165,19 +174,13 @@ def test_layer_norm_and_gelu_threads_do_not_change_a_bit(attention_kernel):
     addend = torch.randn(rows, 64, generator=generator)
     weight, bias = torch.randn(2, 64, generator=generator)
     x = torch.randn(3 * MIN_FLOATS_PER_THREAD + 13, generator=generator) * 4
-    results = []
-    previous = torch.get_num_threads()
-    try:
-        for threads in (1, 2, 3):
-            torch.set_num_threads(threads)
-            stream, normed = hidden.clone(), torch.empty_like(hidden)
-            attention_kernel.add_layer_norm(stream, addend, weight, bias, 1e-5, normed)
-            results.append((stream, normed, attention_kernel.gelu_tanh_(x.clone())))
-    finally:
-        torch.set_num_threads(previous)
-    for other in results[1:]:
-        for got, want in zip(other, results[0], strict=True):
-            assert torch.equal(got, want)
+
+    def layer_norm_and_gelu() -> tuple[torch.Tensor, ...]:
+        stream, normed = hidden.clone(), torch.empty_like(hidden)
+        attention_kernel.add_layer_norm(stream, addend, weight, bias, 1e-5, normed)
+        return stream, normed, attention_kernel.gelu_tanh_(x.clone())
+
+    assert_same_bits_at_1_2_and_3_threads(layer_norm_and_gelu)
 
 
 def test_build_is_cached(tmp_path):

@@ -198,7 +198,8 @@ class AttentionKernel:
             return self._pools[threads]
 
     def _split(self, run: Callable[[int, int], None], count: int, threads: int) -> None:
-        """run(first, end) over [0, count), in `threads` contiguous parts on the pool."""
+        """run(first, end) over [0, count), in `threads` contiguous parts on the pool (one part:
+        called here, without the pool's hand-offs)."""
         threads = min(threads, count)
         if threads <= 1:
             run(0, count)
@@ -338,11 +339,7 @@ class AttentionKernel:
             if status != 0:
                 raise MemoryError("attention kernel: no memory for its scratch rows")
 
-        threads = min(torch.get_num_threads(), pairs)
-        if threads <= 1:  # the common case, without the pool's hand-offs
-            run(0, pairs)
-        else:
-            self._split(run, pairs, threads)
+        self._split(run, pairs, torch.get_num_threads())
         return z
 
     def add_layer_norm(
@@ -361,21 +358,9 @@ class AttentionKernel:
         assert out.shape == hidden.shape and (addend is None or addend.shape == hidden.shape)
         width = hidden.shape[-1]
         rows = hidden.numel() // width
-        pointers = (
-            hidden.data_ptr(),
-            addend.data_ptr() if addend is not None else None,
-            weight.data_ptr(),
-            bias.data_ptr(),
-            out.data_ptr(),
-        )
-        hidden_pointer, addend_pointer, weight_pointer, bias_pointer, out_pointer = pointers
-        threads = self._threads_for(rows * width)
-        if threads == 1:  # the common case, without a closure: calls cost microseconds here
-            self._add_layer_norm(
-                hidden_pointer, addend_pointer, 0, rows, width,
-                weight_pointer, bias_pointer, eps, out_pointer,
-            )  # fmt: skip
-            return
+        hidden_pointer, out_pointer = hidden.data_ptr(), out.data_ptr()
+        addend_pointer = addend.data_ptr() if addend is not None else None
+        weight_pointer, bias_pointer = weight.data_ptr(), bias.data_ptr()
 
         def run(first: int, end: int) -> None:
             self._add_layer_norm(
@@ -383,19 +368,19 @@ class AttentionKernel:
                 weight_pointer, bias_pointer, eps, out_pointer,
             )  # fmt: skip
 
-        self._split(run, rows, threads)
+        self._split(run, rows, self._threads_for(rows * width))
 
     def gelu_tanh_(self, x: Tensor) -> Tensor:
         """x <- GPT-2's tanh-GELU of x, in place (contiguous float32); returns x."""
         assert x.is_contiguous() and x.dtype == torch.float32
         pointer, count = x.data_ptr(), x.numel()
-        threads = self._threads_for(count)
-        if threads == 1:
-            self._gelu_tanh(pointer, 0, count)
-        else:
+
+        def run(first: int, end: int) -> None:
             # Each value goes through the same vector code wherever a part starts: the same
             # bits for any thread count.
-            self._split(lambda first, end: self._gelu_tanh(pointer, first, end), count, threads)
+            self._gelu_tanh(pointer, first, end)
+
+        self._split(run, count, self._threads_for(count))
         return x
 
     def block_weights(

@@ -377,6 +377,11 @@ def _bounds(spans: Iterable[tuple[int, int]], count: int) -> np.ndarray:
     return flat.reshape(count, 2)
 
 
+def _word_bounds(words: Sequence[WordSpan]) -> np.ndarray:
+    """The words' (start, end) as an array [word, 2]."""
+    return _bounds(((word.start, word.end) for word in words), len(words))
+
+
 def _covered(bounds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Every position the spans [start, end) of `bounds` cover, span after span, and the index
     of the span each belongs to."""
@@ -404,7 +409,7 @@ def overlap_alignment(
     text: str, words: Sequence[WordSpan], offsets: Sequence[tuple[int, int]]
 ) -> list[str]:
     """Tag of the word that the token's non-whitespace characters overlap most (ties: the first)."""
-    bounds = _bounds(((word.start, word.end) for word in words), len(words))
+    bounds = _word_bounds(words)
     return _overlap_tags(text, bounds, [word.tag for word in words], offsets)
 
 
@@ -436,9 +441,7 @@ def paper_alignment(
     text: str, words: Sequence[WordSpan], offsets: Sequence[tuple[int, int]]
 ) -> list[str]:
     """The paper's rule: the tag of the token's middle character, rounded up (start + ceil(n/2))."""
-    owner = _word_index_per_char(
-        len(text), _bounds(((word.start, word.end) for word in words), len(words))
-    )
+    owner = _word_index_per_char(len(text), _word_bounds(words))
     tags = []
     for start, end in offsets:
         middle = min(start + (end - start + 1) // 2, len(text))
