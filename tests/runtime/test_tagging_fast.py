@@ -239,6 +239,8 @@ ODD_TEXTS = [
     "It cost $3.88, or 12,000 yen: 50% off! Wasn't it?! Mr. Smith's dog's toys.",
     "caf\u00e9 na\u00efve stra\u00dfe \U0001f642 \u65e5\u672c -- --- ---- a--b",
     "I'M GONNA WANNA GIMME LEMME 'TWAS D'YE MORE'N",
+    # Letters `re` matches case-insensitively to ASCII ones: dotless ı, long ſ, Kelvin K.
+    "GıMME 'TİS 'TWAſ 'tiſ CANNOT Cannot d'YE More'N wanna x Kelvin",
     "x" * 2000,
 ]
 
@@ -262,10 +264,14 @@ def test_words_and_sentences_equal_stock_nltk_without_match_timeouts(pos_tagger)
     spans = list(stock_sentences.span_tokenize(text))
     assert list(pos_tagger.sentence_splitter.span_tokenize(text)) == spans
     fast = treebank_without_match_timeouts()
+    prechecked = pos_tagger.word_tokenizer
     for start, end in spans:
-        assert fast.tokenize(text[start:end]) == stock_words.tokenize(text[start:end])
+        words = stock_words.tokenize(text[start:end])
+        assert fast.tokenize(text[start:end]) == words
+        assert prechecked.tokenize(text[start:end]) == words
     for odd in ODD_TEXTS:
         assert fast.tokenize(odd) == stock_words.tokenize(odd), odd
+        assert prechecked.tokenize(odd) == stock_words.tokenize(odd), odd
         assert list(pos_tagger.sentence_splitter.span_tokenize(odd)) == list(
             stock_sentences.span_tokenize(odd)
         )
@@ -273,6 +279,47 @@ def test_words_and_sentences_equal_stock_nltk_without_match_timeouts(pos_tagger)
         name for name in dir(fast) if name.isupper() and "TimedPattern" in repr(getattr(fast, name))
     ]
     assert guarded == []
+
+
+# Pieces that the Treebank rules react to (quotes, punctuation, the contractions, letters `re`
+# matches case-insensitively to ASCII), glued together at random.
+TREEBANK_PIECES = [
+    " ", "  ", "\n", "\t", "a", "x", "Tom", "1", "3.88", ".", "..", "...", ",", ":", ";", "?", "!",
+    "'", "''", "\"", "`", "``", "(", ")", "[", "]", "{", "}", "<", ">", "--", "-", "@", "#", "$",
+    "%", "&", "'s", "'S", "'m", "'d", "'ll", "'LL", "'re", "'ve", "n't", "N'T", "can", "CAN",
+    "not", "NOT", "gim", "g\u0131m", "me", "ME", "gon", "got", "na", "ta", "lem", "more", "'n",
+    "wan", "d", "'ye", "'t", "'T", "is", "\u0130S", "was", "WA\u017f", "\u017f", "\u212a",
+    "\u201c", "\u201d", "\u2018", "\u2019",
+]  # fmt: skip
+
+
+def test_prechecked_treebank_equals_stock_on_random_text(pos_tagger):
+    stock = TreebankWordTokenizer()
+    rng = random.Random(7)
+    for _ in range(20_000):
+        text = "".join(rng.choices(TREEBANK_PIECES, k=rng.randint(0, 12)))
+        assert pos_tagger.word_tokenizer.tokenize(text) == stock.tokenize(text), repr(text)
+
+
+def test_every_treebank_rule_has_its_precheck_and_no_precheck_is_stale():
+    from headscope.runtime.tagging import (
+        TREEBANK_NEEDS_ANY_CHAR,
+        TREEBANK_NEEDS_LOWERED,
+        PrecheckedTreebank,
+        treebank_without_match_timeouts,
+    )
+
+    tokenizer = treebank_without_match_timeouts()
+    prechecked = PrecheckedTreebank(tokenizer)
+    rules = prechecked.before_padding + prechecked.ending_quotes + prechecked.contractions
+    assert len(rules) == 26 and all(needs is not None for _, _, needs in rules)
+    patterns = {pattern.pattern for pattern, _, _ in rules}
+    assert patterns == set(TREEBANK_NEEDS_ANY_CHAR) | set(TREEBANK_NEEDS_LOWERED)
+    # A rule the tables do not know (another nltk's) always runs.
+    tokenizer.DOUBLE_DASHES = (__import__("re").compile("-{2}"), r" -- ")
+    unknown = PrecheckedTreebank(tokenizer).before_padding[-1]
+    assert unknown[2] is None
+    assert PrecheckedTreebank(tokenizer).tokenize("a--b") == ["a", "--", "b"]
 
 
 def with_cache(tagger: PosTagger, max_bytes: int) -> PosTagger:
