@@ -48,6 +48,8 @@ def binary_responses(*media_types: str) -> dict[int | str, dict[str, Any]]:
 @router.post("/tag", response_model=TagResponse)
 async def tag(request: TagRequest, runtime: RuntimeDep, pool: PoolDep) -> Response:
     """Model tokens of the text, each with the Penn Treebank tag of its word."""
+    if request.alignment == "overlap":
+        runtime.prefetch_tags(request.text)
     body = await pool.run(runtime.encoded, runtime.tag_payload, request)
     return Response(body, media_type=JSON)
 
@@ -86,5 +88,6 @@ async def analyze(
 ) -> Response:
     """Tags, every head's activity and chosen heads' patterns in one call, for a viewer."""
     media_type = negotiate(http.headers.get("accept"), has_single_array=False)
+    runtime.prefetch_tags(request.text)
     body = await pool.run(runtime.encoded, runtime.analyze_payload, request, media_type)
     return Response(body, media_type=media_type)

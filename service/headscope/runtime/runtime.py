@@ -178,6 +178,12 @@ class Runtime:
             )
         return Encoded(text, ids, encoding.offset_mapping)
 
+    def prefetch_tags(self, text: str) -> None:
+        """Let the tagger start on the text's words now (a hint; see TaggerProcess.prefetch).
+        Texts that `encode` will refuse at a glance are not sent."""
+        if text and not text.isspace() and len(text) <= self.max_tokens * PREFIX_CHARS_PER_TOKEN:
+            self.tagger.prefetch(text)
+
     def check_layer(self, layer: int) -> None:
         if not 0 <= layer < self.geometry.n_layers:
             raise UnknownHead(

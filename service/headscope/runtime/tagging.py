@@ -492,6 +492,10 @@ class PosTagger:
     def close(self) -> None:
         """Nothing to stop (TaggerProcess stops its child)."""
 
+    def prefetch(self, text: str) -> bool:
+        """Nothing to do ahead of time in this process (TaggerProcess tags ahead in its child)."""
+        return False
+
     def tag_tokens(
         self, text: str, offsets: Sequence[tuple[int, int]], alignment: str = "overlap"
     ) -> list[str]:

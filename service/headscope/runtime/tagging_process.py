@@ -15,6 +15,7 @@ a new child. With the setting `tagger_process=false` the server tags in its own 
 
 from __future__ import annotations
 
+import collections
 import itertools
 import logging
 import marshal
@@ -43,6 +44,11 @@ STARTUP_TIMEOUT_S = 120.0
 # means the child is stuck, and it is replaced.
 ANSWER_TIMEOUT_S = 120.0
 RETRY_AFTER = {"Retry-After": "1"}
+# A pipe write of at most PIPE_BUF bytes is atomic (POSIX): without blocking, it goes in whole
+# or not at all, so a prefetch never leaves half a frame in the stream.
+PIPE_BUF = select.PIPE_BUF
+# Prefetches the child holds while it has real requests to answer; older ones are dropped.
+PREFETCH_BACKLOG = 64
 
 
 def _write_frame(stream: IO[bytes], value: Any) -> None:
@@ -68,6 +74,39 @@ def _read_frame(stream: IO[bytes]) -> Any | None:
         return None
     payload = _read_exactly(stream, FRAME_HEADER.unpack(header)[0])
     return None if payload is None else marshal.loads(payload)
+
+
+class _FrameReader:
+    """Frames from a raw file descriptor: `read(block)` returns every whole frame that has
+    arrived (waiting for at least one when `block`), or None at the end of the stream."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.buffer = bytearray()
+        self.poll = select.poll()
+        self.poll.register(fd, select.POLLIN)
+
+    def read(self, block: bool) -> list[Any] | None:
+        frames = self._frames()
+        while block and not frames or self.poll.poll(0):
+            data = os.read(self.fd, 1 << 16)
+            if not data:
+                return None
+            self.buffer += data
+            frames += self._frames()
+        return frames
+
+    def _frames(self) -> list[Any]:
+        frames, start = [], 0
+        while len(self.buffer) - start >= FRAME_HEADER.size:
+            (size,) = FRAME_HEADER.unpack_from(self.buffer, start)
+            end = start + FRAME_HEADER.size + size
+            if len(self.buffer) < end:
+                break
+            frames.append(marshal.loads(self.buffer[start + FRAME_HEADER.size : end]))
+            start = end
+        del self.buffer[:start]
+        return frames
 
 
 class _Answer:
@@ -253,27 +292,78 @@ class TaggerProcess:
     ) -> list[str]:
         return self.submit_tag_tokens(text, offsets, alignment).result()
 
+    def cache_counts(self) -> tuple[int, int]:
+        """The child's word-span cache: (hits, misses) so far."""
+        future, child = self._submit("cache_counts")
+        hits, misses = _Answer(future, self, child).result()
+        return hits, misses
+
+    def prefetch(self, text: str) -> bool:
+        """Have the child tag the text's words now, ahead of the tag_tokens call that will ask
+        for them (answered from its cache then). Called on the event loop as a request arrives,
+        so that the child tags the texts queued for the analysis threads while they run forward
+        passes. Never blocks and never fails: when the child is busy writing, missing, or its
+        pipe is full, or the frame is too long to go in whole, it does nothing (False)."""
+        if not self.cache_bytes:
+            return False  # nowhere to keep the words
+        frame = marshal.dumps((None, "prefetch", (text,)))
+        frame = FRAME_HEADER.pack(len(frame)) + frame
+        if len(frame) > PIPE_BUF or not self._lock.acquire(blocking=False):
+            return False
+        try:
+            child = self._child
+            if child is None or self._closed:
+                return False
+            fd = child.process.stdin.fileno()
+            os.set_blocking(fd, False)
+            try:
+                os.write(fd, frame)  # all or nothing (<= PIPE_BUF); the writer's buffer is empty
+            except (BlockingIOError, BrokenPipeError, OSError):
+                return False
+            finally:
+                os.set_blocking(fd, True)
+            return True
+        finally:
+            self._lock.release()
+
     def word_spans(self, text: str) -> list[WordSpan]:
         future, child = self._submit("word_spans", text)
         bounds, tags = _Answer(future, self, child).result()
         return [WordSpan(start, end, tag) for (start, end), tag in zip(bounds, tags, strict=True)]
 
 
-def _serve(tagger: Any, requests: IO[bytes], answers: IO[bytes]) -> None:
-    """The child's loop: answer each request frame until stdin closes."""
+def _serve(tagger: Any, requests_fd: int, answers: IO[bytes]) -> None:
+    """The child's loop: answer each request frame until stdin closes.
+
+    Requests that a server thread waits for come first; prefetches (request id None, no answer)
+    fill the time in between, oldest first, and only tag words into the cache.
+    """
 
     def word_spans(text: str) -> tuple[list[tuple[int, int]], list[str]]:
         bounds, tags = tagger._word_span_arrays(text)
         return [tuple(pair) for pair in bounds.tolist()], list(tags)
 
-    methods = {"tag_tokens": tagger.tag_tokens, "word_spans": word_spans}
-    while (request := _read_frame(requests)) is not None:
-        request_id, method, args = request
+    methods = {
+        "tag_tokens": tagger.tag_tokens,
+        "word_spans": word_spans,
+        "prefetch": tagger._word_span_arrays,
+        "cache_counts": lambda: (tagger.cache.hits, tagger.cache.misses),
+    }
+    reader = _FrameReader(requests_fd)
+    waited_for: collections.deque = collections.deque()
+    prefetches: collections.deque = collections.deque(maxlen=PREFETCH_BACKLOG)
+    while (frames := reader.read(block=not (waited_for or prefetches))) is not None:
+        for frame in frames:
+            (prefetches if frame[0] is None else waited_for).append(frame)
+        if not (waited_for or prefetches):
+            continue
+        request_id, method, args = (waited_for or prefetches).popleft()
         try:
             answer = (request_id, True, methods[method](*args))
         except Exception as err:  # noqa: BLE001 - reported to the request that waits for it
             answer = (request_id, False, f"{type(err).__name__}: {err}")
-        _write_frame(answers, answer)
+        if request_id is not None:
+            _write_frame(answers, answer)
 
 
 def main() -> int:
@@ -297,7 +387,7 @@ def main() -> int:
         _write_frame(answers, ("failed", f"The tagger could not load: {type(err).__name__}: {err}"))
         return 1
     _write_frame(answers, ("ready", tagger.identity, sorted(tagger.classes)))
-    _serve(tagger, sys.stdin.buffer, answers)
+    _serve(tagger, sys.stdin.fileno(), answers)
     return 0
 
 
