@@ -53,8 +53,8 @@ class Settings(BaseSettings):
     )
     kernel_cache: Path | None = Field(
         default=None,
-        description="Folder for the built attention kernel (default: ~/.cache/headscope/kernels, "
-        "or under XDG_CACHE_HOME).",
+        description="Folder for the built C libraries: the attention kernel and the tagger's word "
+        "loop (default: ~/.cache/headscope/kernels, or under XDG_CACHE_HOME).",
     )
     tagger_process: bool = Field(
         default=True,

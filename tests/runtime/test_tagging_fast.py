@@ -85,6 +85,94 @@ def test_tags_equal_nltk_on_every_sentence_of_the_sample(pos_tagger, nltk_tagger
         assert pos_tagger.tagger.tag(words) == nltk_tagger.tag(words), words
 
 
+def test_the_c_word_loop_tags_as_nltk_on_every_sentence_of_the_sample(
+    pos_tagger, nltk_tagger, sample_sentences
+):
+    native = pos_tagger.tagger.native
+    assert native is not None  # this machine has a C compiler
+    want = [[tag for _, tag in nltk_tagger.tag(words)] for words in sample_sentences]
+    assert native.tag_sentences(sample_sentences) == want  # all at once
+    for words, tags in zip(sample_sentences[::50], want[::50], strict=True):
+        assert native.tag_sentences([words]) == [tags]  # and one by one
+    odd = [
+        *ADVERSARIAL_SENTENCES,
+        ["caf\u00e9", "x" * 5000, "\u00e9t\u00e9", "\U0001f642\U0001f642"],
+    ]
+    assert native.tag_sentences(odd) == [[tag for _, tag in nltk_tagger.tag(w)] for w in odd]
+
+
+def test_words_the_c_loop_cannot_take_go_to_the_python_loop(pos_tagger, nltk_tagger):
+    dense = pos_tagger.tagger
+    for words in (["a", "lone \ud800 surrogate"], ["two\nlines", "here"]):
+        assert dense.native.tag_sentences([words]) is None
+        assert dense.tag_sentences([words]) == [[tag for _, tag in dense.tag(words)]]
+
+
+def test_the_c_word_loop_decides_ties_and_float_order_as_nltk():
+    from headscope.runtime.tagging import load_native_perceptron
+
+    rng = random.Random(1)
+    classes = ["A", "B", "C", "D", "E"]
+    vocabulary = ["a", "b", "c", "d", "ab", "ba", "cd", "\u00e9a", "a\u00e9\u00e9\u00e9"]
+    names = ["i word", "i-1 word", "i+1 word", "i suffix", "i-2 word", "i+2 word", "i pref1",
+             "i-1 suffix", "i+1 suffix"]  # fmt: skip
+    weights = {
+        f"{name} {word[-3:] if 'suffix' in name else word[:1] if 'pref1' in name else word}": {
+            label: rng.choice([0.1, 0.2, 0.3, -0.1, 0.7, 1.0])
+            for label in rng.sample(classes, rng.randint(1, 3))
+        }
+        for name in names
+        for word in vocabulary
+    }
+    for label in [*classes, "-START-", "-START2-"]:
+        weights[f"i-1 tag {label}"] = {rng.choice(classes): rng.choice([0.1, 0.2, 0.3])}
+        weights[f"i tag+i-2 tag {label} -START-"] = {rng.choice(classes): 0.2}
+        weights[f"i-1 tag+i word {label} ab"] = {rng.choice(classes): 0.3}
+    weights["bias"] = {"A": 0.1, "B": 0.6}
+    toy = toy_tagger(weights, classes, tagdict={"d": "E", "cd": "Z"})
+    dense = DensePerceptronTagger(toy)
+    native = load_native_perceptron(dense)
+    assert native is not None
+    for _ in range(500):
+        sentences = [
+            [rng.choice(vocabulary) for _ in range(rng.randint(0, 8))]
+            for _ in range(rng.randint(1, 3))
+        ]
+        want = [[tag for _, tag in toy.tag(words)] for words in sentences]
+        assert native.tag_sentences(sentences) == want, sentences
+    order = toy_tagger(  # NLTK's order of additions decides (see the test above)
+        {"bias": {"A": 0.1, "B": 0.6}, "i suffix x": {"A": 0.2}, "i word x": {"A": 0.3}},
+        {"A", "B"},
+    )
+    assert load_native_perceptron(DensePerceptronTagger(order)).tag_sentences([["x"]]) == [["A"]]
+
+
+@pytest.mark.parametrize(
+    ("right", "wrong"),
+    [('literal("i suffix ")', 'literal("i suffix")'), ("scores[l] > scores[tag]", "0")],
+)
+def test_a_c_word_loop_that_disagrees_is_never_used(
+    pos_tagger, tmp_path, monkeypatch, caplog, right, wrong
+):
+    from headscope.runtime import tagging
+
+    source = tagging.PERCEPTRON_SOURCE.read_text()
+    assert right in source
+    miscompiled = tmp_path / "perceptron_tagger.c"
+    miscompiled.write_text(source.replace(right, wrong))
+    monkeypatch.setattr(tagging, "PERCEPTRON_SOURCE", miscompiled)
+    assert tagging.load_native_perceptron(pos_tagger.tagger, tmp_path / "cache") is None
+    assert "disagrees with the Python loop" in caplog.text
+
+
+def test_without_a_compiler_tagging_stays_in_python(pos_tagger, tmp_path, monkeypatch, caplog):
+    from headscope.runtime import tagging
+
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    assert tagging.load_native_perceptron(pos_tagger.tagger, tmp_path / "cache") is None
+    assert "tagging in Python" in caplog.text
+
+
 def test_features_and_scores_equal_nltk_float_for_float(pos_tagger, nltk_tagger, sample_sentences):
     fast = pos_tagger.tagger
     scored = 0

@@ -319,3 +319,16 @@ def test_the_analyze_route_has_the_child_tag_ahead(settings, runtime):
     # words, the other found them in the cache. Without the prefetch: one miss, no hit.
     wait_for(lambda: sum(runtime.tagger.cache_counts()) == hits + misses + 2)
     assert runtime.tagger.cache_counts() == (hits + 1, misses + 1)
+
+
+def test_the_child_builds_its_c_word_loop_into_the_given_cache(tmp_path, in_process):
+    tagger = TaggerProcess(cache_bytes=0, native_cache=tmp_path)
+    tagger.wait_ready()
+    try:
+        assert [path.name[:11] for path in tmp_path.glob("*.so")] == ["perceptron-"]
+        text = sample_texts(2)[0]
+        assert tagger.tag_tokens(text, offsets_of(text)) == in_process.tag_tokens(
+            text, offsets_of(text)
+        )
+    finally:
+        tagger.close()

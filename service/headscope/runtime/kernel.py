@@ -21,14 +21,9 @@ whatever the split, so the numbers are bit-identical for any thread count.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import logging
 import math
-import os
-import platform
-import shutil
 import subprocess
-import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +34,7 @@ import torch
 from torch import Tensor
 
 from headscope.errors import StartupError
+from headscope.runtime import native_build
 
 log = logging.getLogger("headscope.kernel")
 
@@ -57,57 +53,21 @@ FLAGS = (
     "-fPIC",
     "-shared",
 )
-COMPILE_TIMEOUT_S = 60
 # LayerNorm/GELU inputs are split over threads only from this many floats per thread: below it,
 # handing work to the pool costs more than the arithmetic (a [128, 256] GELU takes ~20 µs).
 MIN_FLOATS_PER_THREAD = 1 << 16
 
 
-def default_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "headscope" / "kernels"
-
-
-def _cpu_identity() -> str:
-    """What -march=native depends on: the CPU's model and feature flags."""
-    try:
-        with open("/proc/cpuinfo") as cpuinfo:
-            lines = [
-                line for line in cpuinfo if line.startswith(("model name", "flags", "Features"))
-            ]
-        return "".join(sorted(set(lines)))
-    except OSError:
-        return platform.processor() or platform.machine()
-
-
 def _compiler() -> str | None:
-    return os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    return native_build.compiler()
 
 
 def _build(compiler: str, target: Path) -> None:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    # Built beside the target and renamed into place: a concurrent start or a killed build never
-    # leaves a half-written library under the final name.
-    with tempfile.TemporaryDirectory(dir=target.parent) as work:
-        partial = Path(work) / target.name
-        subprocess.run(
-            [compiler, *FLAGS, str(SOURCE), "-o", str(partial)],
-            check=True,
-            capture_output=True,
-            timeout=COMPILE_TIMEOUT_S,
-        )
-        os.replace(partial, target)
+    native_build.build(compiler, SOURCE, FLAGS, target)
 
 
 def _library_path(compiler: str, cache_dir: Path) -> Path:
-    version = subprocess.run(
-        [compiler, "--version"], check=True, capture_output=True, timeout=COMPILE_TIMEOUT_S
-    ).stdout
-    digest = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), version, _cpu_identity().encode()):
-        digest.update(part)
-        digest.update(b"\0")
-    return cache_dir / f"attention-{digest.hexdigest()[:20]}.so"
+    return native_build.library_path(compiler, SOURCE, FLAGS, cache_dir, "attention")
 
 
 def _torch_sgemm() -> int | None:
@@ -503,7 +463,7 @@ def load_attention_kernel(mode: str, cache_dir: Path | None = None) -> Attention
     """The kernel, or None to use the torch path. mode: "auto", "c" (required) or "torch"."""
     if mode == "torch":
         return None
-    cache_dir = cache_dir or default_cache_dir()
+    cache_dir = cache_dir or native_build.default_cache_dir()
     try:
         compiler = _compiler()
         if compiler is None:

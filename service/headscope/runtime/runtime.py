@@ -390,9 +390,11 @@ def load_runtime(settings: Settings, *, load_probes: bool = True) -> Runtime:
     `load_probes=False` skips the probe run (the probe trainer loads the model this way)."""
     files = resolve_model_files(settings.model, settings.tokenizer)
     if getattr(settings, "tagger_process", False):
-        tagger: PosTagger | TaggerProcess = TaggerProcess(WORD_SPAN_CACHE_BYTES)  # loads meanwhile
+        tagger: PosTagger | TaggerProcess = TaggerProcess(  # loads while the model does
+            WORD_SPAN_CACHE_BYTES, native_cache=getattr(settings, "kernel_cache", None)
+        )
     else:
-        tagger = PosTagger()
+        tagger = PosTagger(native_cache=getattr(settings, "kernel_cache", None))
     try:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)

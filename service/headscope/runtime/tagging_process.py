@@ -144,10 +144,12 @@ class TaggerProcess:
         self,
         cache_bytes: int,
         *,
+        native_cache: Path | None = None,
         startup_timeout: float = STARTUP_TIMEOUT_S,
         answer_timeout: float = ANSWER_TIMEOUT_S,
     ) -> None:
         self.cache_bytes = cache_bytes
+        self.native_cache = native_cache
         self.startup_timeout = startup_timeout
         self.answer_timeout = answer_timeout
         self.identity: dict[str, str] = {}
@@ -164,7 +166,13 @@ class TaggerProcess:
         package_root = str(Path(__file__).resolve().parents[2])
         python_path = os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))
         return subprocess.Popen(
-            [sys.executable, "-m", "headscope.runtime.tagging_process", str(self.cache_bytes)],
+            [
+                sys.executable,
+                "-m",
+                "headscope.runtime.tagging_process",
+                str(self.cache_bytes),
+                *([str(self.native_cache)] if self.native_cache else []),
+            ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             env={**os.environ, "PYTHONPATH": python_path},
@@ -379,7 +387,8 @@ def main() -> int:
     try:
         from headscope.runtime.tagging import PosTagger
 
-        tagger = PosTagger(cache_bytes=int(sys.argv[1]))
+        native_cache = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+        tagger = PosTagger(cache_bytes=int(sys.argv[1]), native_cache=native_cache)
     except StartupError as err:
         _write_frame(answers, ("failed", str(err)))
         return 1
