@@ -275,6 +275,9 @@ def install_middleware(app, settings) -> None:
     if app.docs_url and app.swagger_ui_oauth2_redirect_url:
         public_paths.add(app.swagger_ui_oauth2_redirect_url)
     api_key = settings.api_key.get_secret_value() if settings.api_key is not None else None
+    from headscope.fast_routes import LeanRoutes
+
+    app.add_middleware(LeanRoutes)  # innermost: behind every guard below
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(ApiKeyMiddleware, api_key=api_key, public_paths=public_paths)
     app.add_middleware(

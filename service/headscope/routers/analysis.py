@@ -11,8 +11,10 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
+from headscope.concurrency import AnalysisPool
 from headscope.deps import PoolDep, RuntimeDep
 from headscope.encoding import JSON, NPY, SAFETENSORS, negotiate
+from headscope.runtime import Runtime
 from headscope.schemas import (
     ActivityRequest,
     ActivityResponse,
@@ -61,10 +63,7 @@ async def activity(
     request: ActivityRequest, runtime: RuntimeDep, pool: PoolDep, http: Request
 ) -> Response:
     """Activity (L2 norm of the head's residual contribution) per layer, head and token."""
-    media_type = negotiate(http.headers.get("accept"), has_single_array=True)
-    body = await pool.run(
-        runtime.encoded, runtime.activity_payload, request, media_type, "activity"
-    )
+    body, media_type = await activity_response(runtime, pool, request, http.headers.get("accept"))
     return Response(body, media_type=media_type)
 
 
@@ -87,7 +86,33 @@ async def analyze(
     request: AnalyzeRequest, runtime: RuntimeDep, pool: PoolDep, http: Request
 ) -> Response:
     """Tags, every head's activity and chosen heads' patterns in one call, for a viewer."""
-    media_type = negotiate(http.headers.get("accept"), has_single_array=False)
+    body, media_type = await analyze_response(runtime, pool, request, http.headers.get("accept"))
+    return Response(body, media_type=media_type)
+
+
+# What the two busiest routes do, shared with their lean path (headscope.fast_routes).
+
+
+async def activity_response(
+    runtime: Runtime, pool: AnalysisPool, request: ActivityRequest, accept: str | None
+) -> tuple[bytes, str]:
+    media_type = negotiate(accept, has_single_array=True)
+    body = await pool.run(
+        runtime.encoded, runtime.activity_payload, request, media_type, "activity"
+    )
+    return body, media_type
+
+
+async def analyze_response(
+    runtime: Runtime, pool: AnalysisPool, request: AnalyzeRequest, accept: str | None
+) -> tuple[bytes, str]:
+    media_type = negotiate(accept, has_single_array=False)
     runtime.prefetch_tags(request.text)
     body = await pool.run(runtime.encoded, runtime.analyze_payload, request, media_type)
-    return Response(body, media_type=media_type)
+    return body, media_type
+
+
+LEAN_ROUTES = {
+    "/v1/activity": (ActivityRequest, activity_response),
+    "/v1/analyze": (AnalyzeRequest, analyze_response),
+}
