@@ -326,7 +326,7 @@ class TaggerProcess:
             os.set_blocking(fd, False)
             try:
                 os.write(fd, frame)  # all or nothing (<= PIPE_BUF); the writer's buffer is empty
-            except (BlockingIOError, BrokenPipeError, OSError):
+            except OSError:  # the pipe is full (BlockingIOError), or the child is gone
                 return False
             finally:
                 os.set_blocking(fd, True)
