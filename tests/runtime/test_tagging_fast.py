@@ -116,16 +116,8 @@ def test_the_c_word_loop_decides_ties_and_float_order_as_nltk():
     vocabulary = ["a", "b", "c", "d", "ab", "ba", "cd", "\u00e9a", "a\u00e9\u00e9\u00e9"]
     names = ["i word", "i-1 word", "i+1 word", "i suffix", "i-2 word", "i+2 word", "i pref1",
              "i-1 suffix", "i+1 suffix"]  # fmt: skip
-    weights = {
-        f"{name} {word[-3:] if 'suffix' in name else word[:1] if 'pref1' in name else word}": {
-            label: rng.choice([0.1, 0.2, 0.3, -0.1, 0.7, 1.0])
-            for label in rng.sample(classes, rng.randint(1, 3))
-        }
-        for name in names
-        for word in vocabulary
-    }
+    weights = random_weights(rng, classes, vocabulary, names)
     for label in [*classes, "-START-", "-START2-"]:
-        weights[f"i-1 tag {label}"] = {rng.choice(classes): rng.choice([0.1, 0.2, 0.3])}
         weights[f"i tag+i-2 tag {label} -START-"] = {rng.choice(classes): 0.2}
         weights[f"i-1 tag+i word {label} ab"] = {rng.choice(classes): 0.3}
     weights["bias"] = {"A": 0.1, "B": 0.6}
@@ -201,6 +193,26 @@ def test_adversarial_words_get_nltk_tags(pos_tagger, nltk_tagger, words):
     assert pos_tagger.tagger.tag(words) == nltk_tagger.tag(words)
 
 
+def random_weights(rng, classes, vocabulary, names) -> dict:
+    """Small weights full of ties: each (name, word) feature gives 1-3 labels one of a few
+    values, and each previous tag one label; names spelled as NLTK's features spell them."""
+
+    def spelled(name: str, word: str) -> str:
+        return word[-3:] if "suffix" in name else word[:1] if "pref1" in name else word
+
+    weights = {
+        f"{name} {spelled(name, word)}": {
+            label: rng.choice([0.1, 0.2, 0.3, -0.1, 0.7, 1.0])
+            for label in rng.sample(classes, rng.randint(1, 3))
+        }
+        for name in names
+        for word in vocabulary
+    }
+    for label in [*classes, "-START-", "-START2-"]:
+        weights[f"i-1 tag {label}"] = {rng.choice(classes): rng.choice([0.1, 0.2, 0.3])}
+    return weights
+
+
 def toy_tagger(weights, classes, tagdict=None):
     from nltk.tag.perceptron import PerceptronTagger
 
@@ -235,16 +247,7 @@ def test_random_weights_full_of_ties_give_nltk_tags():
     classes = ["A", "B", "C", "D", "E"]
     vocabulary = ["a", "b", "c", "d", "ab", "ba", "cd"]
     context_names = ["i word", "i-1 word", "i+1 word", "i suffix", "i-2 word", "i+2 word"]
-    weights = {
-        f"{name} {word}": {
-            label: rng.choice([0.1, 0.2, 0.3, -0.1, 0.7, 1.0])
-            for label in rng.sample(classes, rng.randint(1, 3))
-        }
-        for name in context_names
-        for word in vocabulary
-    }
-    for label in [*classes, "-START-", "-START2-"]:
-        weights[f"i-1 tag {label}"] = {rng.choice(classes): rng.choice([0.1, 0.2, 0.3])}
+    weights = random_weights(rng, classes, vocabulary, context_names)
     toy = toy_tagger(weights, classes, tagdict={"d": "E"})
     dense = DensePerceptronTagger(toy)
     for _ in range(500):
