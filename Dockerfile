@@ -10,8 +10,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /app
 
-# A C compiler for the fused attention kernel, which headscope builds at first start for the CPU
-# it runs on (kept in HEADSCOPE_KERNEL_CACHE; without a compiler it falls back to torch ops).
+# A C compiler for the fused attention kernel and the tagger's word loop, which headscope builds
+# at first start for the CPU it runs on (kept in HEADSCOPE_KERNEL_CACHE; without a compiler they
+# fall back to torch ops and to Python).
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
