@@ -155,3 +155,42 @@ def test_whole_blocks_give_the_per_op_kernel_paths_numbers(
     # What a request keeps does not change a bit of the rest.
     bare = attached_engine(runtime, attention_kernel, "blocks").run(input_ids)
     assert torch.equal(bare.activity, whole.activity)
+
+
+@pytest.mark.parametrize(("batch", "length"), [(1, 150), (2, 140), (5, 90), (3, 270)])
+def test_several_threads_run_whole_blocks_a_share_of_the_batch_each(
+    runtime, attention_kernel, corpus_ids, batch, length
+):
+    """With 2 torch threads, activity and all-pattern runs of short inputs take the one-thread
+    whole-block path, a part of the batch per thread: the same bits as on one thread."""
+    input_ids = torch.tensor(
+        [corpus_ids[start * 300 : start * 300 + length] for start in range(batch)]
+    )
+    engine = attached_engine(runtime, attention_kernel, "blocks")
+    one, bare_one = engine.run(input_ids, all_patterns=True), engine.run(input_ids)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        split = engine._whole_blocks_per_thread(
+            input_ids, patterns=set(), vectors=False, contributions=False
+        )
+        two, bare_two = engine.run(input_ids, all_patterns=True), engine.run(input_ids)
+        # A long single sequence, or anything beyond activity and all patterns: ops over threads.
+        assert not engine._whole_blocks_per_thread(
+            torch.zeros(1, 300, dtype=torch.long),
+            patterns=set(),
+            vectors=False,
+            contributions=False,
+        )
+        assert not engine._whole_blocks_per_thread(
+            input_ids, patterns={(1, 2)}, vectors=False, contributions=False
+        )
+    finally:
+        torch.set_num_threads(previous)
+    assert split
+    assert torch.equal(one.activity, two.activity)
+    assert torch.equal(one.all_patterns, two.all_patterns)
+    assert torch.equal(bare_one.activity, bare_two.activity)
+    plain = engine.run(input_ids, plain=True, all_patterns=True)
+    assert (two.activity - plain.activity).abs().max().item() <= TOLERANCE
+    assert (two.all_patterns - plain.all_patterns).abs().max().item() <= TOLERANCE

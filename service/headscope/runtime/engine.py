@@ -24,6 +24,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import torch
@@ -85,6 +86,12 @@ class Geometry:
     max_positions: int
 
 
+# With several torch threads, one sequence shorter than this runs on one thread, whole blocks at a
+# time: splitting each op over 2 threads costs more than it gains below ~256 tokens (a 155-token
+# forward: 3.98 ms on 1 thread, 4.83 ms on 2; break-even at 256-320).
+BLOCKS_ALONE_BELOW_TOKENS = 256
+
+
 @dataclass
 class EngineOutput:
     """Results for a batch of right-padded sequences; positions past a sequence's length are junk.
@@ -133,6 +140,7 @@ class AnalysisEngine:
         """`tensors`: float32, named as in GPTNeoModel's state dict (`h.0.ln_1.weight`, ...)."""
         self.config = config
         self.tensors = tensors
+        self._part_pools = {}
         self.geometry = Geometry(
             n_layers=config.num_layers,
             n_heads=config.num_heads,
@@ -244,7 +252,73 @@ class AnalysisEngine:
         with torch.inference_mode():
             if plain:
                 return self._run_plain(input_ids, **options)
+            if self._whole_blocks_per_thread(
+                input_ids,
+                patterns=options["wanted_patterns"],
+                vectors=vectors,
+                contributions=contributions,
+            ):
+                return self._run_split(input_ids, **options)
             return self._run_fast(input_ids, **options)
+
+    # -- more than one torch thread: whole blocks, one thread per part of the batch ---------------
+
+    def _whole_blocks_per_thread(
+        self, input_ids: Tensor, *, patterns: set, vectors: bool, contributions: bool
+    ) -> bool:
+        """With several torch threads the per-op path splits each op over them, which costs more
+        than it gains on short inputs: sequences then go to the one-thread whole-block path
+        instead, a share of the batch per thread (activity and all patterns only)."""
+        threads = torch.get_num_threads()
+        batch, length = input_ids.shape
+        return (
+            self._blocks is not None
+            and threads > 1
+            and not (patterns or vectors or contributions)
+            and (batch > 1 or length < BLOCKS_ALONE_BELOW_TOKENS)
+        )
+
+    def _run_split(
+        self, input_ids: Tensor, *, last_layer: int, all_patterns: bool, **options
+    ) -> EngineOutput:
+        g = self.geometry
+        batch, length = input_ids.shape
+        n_layers = last_layer + 1
+        activity = torch.empty(n_layers, batch, g.n_heads, length)
+        pattern_store = (
+            torch.empty(n_layers, batch, g.n_heads, length, length) if all_patterns else None
+        )
+        parts = [
+            part for part in torch.arange(batch).tensor_split(torch.get_num_threads()) if len(part)
+        ]
+
+        def run_part(part: Tensor) -> None:
+            first, end = int(part[0]), int(part[-1]) + 1
+            with torch.inference_mode():  # per thread
+                self._run_fast(
+                    input_ids[first:end],
+                    last_layer=last_layer,
+                    all_patterns=all_patterns,
+                    one_thread_blocks=True,
+                    activity=activity[:, first:end],
+                    pattern_store=None if pattern_store is None else pattern_store[:, first:end],
+                    **options,
+                )
+
+        if len(parts) == 1:
+            run_part(parts[0])
+        else:
+            if self._part_pools.get(len(parts)) is None:
+                self._part_pools[len(parts)] = ThreadPoolExecutor(
+                    len(parts), thread_name_prefix="engine-part"
+                )
+            pool = self._part_pools[len(parts)]
+            for done in [pool.submit(run_part, part) for part in parts]:
+                done.result()
+        return EngineOutput(
+            activity=activity.transpose(0, 1).contiguous(),
+            all_patterns=pattern_store.transpose(0, 1) if pattern_store is not None else None,
+        )
 
     # -- the fast path ---------------------------------------------------------------------------
 
@@ -257,7 +331,13 @@ class AnalysisEngine:
         all_patterns: bool,
         vectors: bool,
         contributions: bool,
+        one_thread_blocks: bool = False,
+        activity: Tensor | None = None,
+        pattern_store: Tensor | None = None,
     ) -> EngineOutput:
+        """`activity` and `pattern_store` ([layer, batch, ...] views of a larger batch's
+        buffers) receive the results when given; `one_thread_blocks` takes the whole-block path
+        whatever torch's thread count (its C calls run on the calling thread)."""
         g = self.geometry
         batch, length = input_ids.shape
         n_layers = last_layer + 1
@@ -266,7 +346,8 @@ class AnalysisEngine:
         # One C call per block where the kernel offers it, with a single torch thread: that call
         # runs attention's (sequence, head) pairs on one thread, the per-op calls below split
         # them over torch's threads. Both run the same operations in the same order.
-        blocks = self._blocks if kernel is not None and torch.get_num_threads() == 1 else None
+        one_thread = one_thread_blocks or torch.get_num_threads() == 1
+        blocks = self._blocks if kernel is not None and one_thread else None
         if kernel is not None:
             # With the C kernels, each residual add is fused into the LayerNorm after it (hidden
             # is updated in place; the MLP's output waits in `pending` for the next layer's ln_1),
@@ -286,11 +367,14 @@ class AnalysisEngine:
         if kernel is not None and activation is _gelu_tanh_by_sigmoid:
             activation = kernel.gelu_tanh_
 
-        activity = torch.empty(n_layers, batch, g.n_heads, length)  # [layer, batch, head, token]
+        if activity is None:
+            activity = torch.empty(
+                n_layers, batch, g.n_heads, length
+            )  # [layer, batch, head, token]
         # Patterns are written straight into their final home: no per-layer list, no stack copy.
-        pattern_store = (
-            torch.empty(n_layers, batch, g.n_heads, length, length) if all_patterns else None
-        )  # [layer, batch, head, q, k]
+        if pattern_store is None and all_patterns:
+            pattern_store = torch.empty(n_layers, batch, g.n_heads, length, length)
+        # [layer, batch, head, q, k]
         key_stack, query_stack, value_stack = [], [], []
         contribution_stack, attention_output_stack = [], []
         kept_patterns: dict[tuple[int, int], Tensor] = {}
@@ -390,6 +474,8 @@ class AnalysisEngine:
     # -- the fused kernel (headscope.runtime.kernel), when one is attached ------------------------
 
     kernel: AttentionKernel | None = None
+    # Threads for _run_split, by count, made on first use (the count is torch's, rarely changed).
+    _part_pools: dict[int, ThreadPoolExecutor]
     _blocks: list[BlockWeights] | None = None  # the kernel's whole-block weights, one per layer
 
     def use_kernel(self, kernel: AttentionKernel | None, *, whole_blocks: bool = True) -> None:
