@@ -145,14 +145,20 @@ def _map_arrays(value: Any, function) -> Any:
     if isinstance(value, dict):
         return {key: _map_arrays(item, function) for key, item in value.items()}
     if isinstance(value, list):
-        if value and isinstance(value[0], dict) and not _holds_arrays(value[0]):
-            return value  # rows of plain values (the tokens): payload lists are homogeneous
+        if plain_rows(value):
+            return value  # the tokens
         return [_map_arrays(item, function) for item in value]
     return value
 
 
-def _holds_arrays(row: dict[str, Any]) -> bool:
-    return any(isinstance(item, (np.ndarray, dict, list)) for item in row.values())
+def plain_rows(value: list) -> bool:
+    """A list of dicts of plain values (the tokens). Payload lists are homogeneous, so the first
+    row tells."""
+    return (
+        bool(value)
+        and isinstance(value[0], dict)
+        and not any(isinstance(item, (np.ndarray, dict, list)) for item in value[0].values())
+    )
 
 
 def to_lists(payload: dict[str, Any]) -> dict[str, Any]:

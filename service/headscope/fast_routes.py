@@ -19,11 +19,8 @@ import orjson
 from pydantic import ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from headscope.middleware import app_path, header
 from headscope.routers.analysis import LEAN_ROUTES
-
-
-def _header(scope: Scope, name: bytes) -> bytes | None:
-    return next((value for key, value in scope.get("headers", ()) if key == name), None)
 
 
 class LeanRoutes:
@@ -33,12 +30,8 @@ class LeanRoutes:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            path = scope["path"]
-            root_path = scope.get("root_path", "")
-            if root_path and path.startswith(root_path):
-                path = path[len(root_path) :]
-            route = LEAN_ROUTES.get(path)
-        content_type = _header(scope, b"content-type") or b""
+            route = LEAN_ROUTES.get(app_path(scope))
+        content_type = header(scope, b"content-type") or b""
         if route is None or content_type.split(b";")[0].strip().lower() != b"application/json":
             await self.app(scope, receive, send)
             return
@@ -82,7 +75,7 @@ class LeanRoutes:
             request = model.model_validate(fields)
         except (orjson.JSONDecodeError, ValidationError):
             return None
-        accept = _header(scope, b"accept")
+        accept = header(scope, b"accept")
         try:
             return await respond(
                 runtime, pool, request, accept.decode("latin-1") if accept is not None else None

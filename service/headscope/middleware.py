@@ -46,6 +46,18 @@ async def send_error(
     await send({"type": "http.response.body", "body": body})
 
 
+def header(scope: Scope, name: bytes) -> bytes | None:
+    """The request's first header called `name` (lower case), or None."""
+    return next((value for key, value in scope.get("headers", ()) if key == name), None)
+
+
+def app_path(scope: Scope) -> str:
+    """The request's path within the app (without the root path it is mounted under)."""
+    path = scope["path"]
+    root_path = scope.get("root_path", "")
+    return path[len(root_path) :] if root_path and path.startswith(root_path) else path
+
+
 def bearer_key_matches(authorization: bytes | str | None, expected: str) -> bool:
     """True when `authorization` is `Bearer <expected>`; the key is compared in constant time."""
     if not authorization:
@@ -115,17 +127,10 @@ class ApiKeyMiddleware:
         if self.api_key is None or scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        path = scope["path"]
-        root_path = scope.get("root_path", "")
-        if root_path and path.startswith(root_path):
-            path = path[len(root_path) :]
-        if path in self.public_paths:
+        if app_path(scope) in self.public_paths:
             await self.app(scope, receive, send)
             return
-        authorization = next(
-            (value for name, value in scope.get("headers", ()) if name == b"authorization"), None
-        )
-        if not bearer_key_matches(authorization, self.api_key):
+        if not bearer_key_matches(header(scope, b"authorization"), self.api_key):
             await send_error(
                 send,
                 401,

@@ -17,18 +17,10 @@ from typing import Any
 import numpy as np
 import orjson
 
+from headscope.encoding import plain_rows
+
 # Bookkeeping per entry beyond its arrays (dicts, token lists, the key), for the byte bound.
 ENTRY_OVERHEAD_BYTES = 4096
-
-
-def _plain_rows(value: list) -> bool:
-    """A list of dicts of plain values (the tokens). Payload lists are homogeneous, so the first
-    row tells (as in headscope.encoding)."""
-    return (
-        bool(value)
-        and isinstance(value[0], dict)
-        and not any(isinstance(item, (np.ndarray, dict, list)) for item in value[0].values())
-    )
 
 
 def payload_bytes(value: Any) -> int:
@@ -38,7 +30,7 @@ def payload_bytes(value: Any) -> int:
     if isinstance(value, dict):
         return sum(payload_bytes(item) + 64 for item in value.values())
     if isinstance(value, list):
-        if _plain_rows(value):
+        if plain_rows(value):
             # Rows of a few short values: their JSON length stands in for what they hold, at a
             # fraction of the cost of visiting each value (hundreds per analysis) in Python.
             with contextlib.suppress(TypeError):
@@ -57,7 +49,7 @@ def _freeze(value: Any) -> None:
     elif isinstance(value, dict):
         for item in value.values():
             _freeze(item)
-    elif isinstance(value, list) and not _plain_rows(value):
+    elif isinstance(value, list) and not plain_rows(value):
         for item in value:
             if isinstance(item, (np.ndarray, dict, list)):
                 _freeze(item)

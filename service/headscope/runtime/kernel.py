@@ -62,10 +62,6 @@ def _compiler() -> str | None:
     return native_build.compiler()
 
 
-def _build(compiler: str, target: Path) -> None:
-    native_build.build(compiler, SOURCE, FLAGS, target)
-
-
 def _library_path(compiler: str, cache_dir: Path) -> Path:
     return native_build.library_path(compiler, SOURCE, FLAGS, cache_dir, "attention")
 
@@ -463,21 +459,8 @@ def load_attention_kernel(mode: str, cache_dir: Path | None = None) -> Attention
     """The kernel, or None to use the torch path. mode: "auto", "c" (required) or "torch"."""
     if mode == "torch":
         return None
-    cache_dir = cache_dir or native_build.default_cache_dir()
     try:
-        compiler = _compiler()
-        if compiler is None:
-            raise FileNotFoundError("no C compiler found (set CC, or install cc/gcc)")
-        path = _library_path(compiler, cache_dir)
-        if not path.is_file():
-            log.info("Building the attention kernel into %s", path)
-            _build(compiler, path)
-        try:
-            library = ctypes.CDLL(str(path))
-        except OSError:
-            # A cached build that no longer loads (truncated, damaged) is rebuilt once.
-            _build(compiler, path)
-            library = ctypes.CDLL(str(path))
+        library, path = native_build.load_library(SOURCE, FLAGS, cache_dir, "attention")
         kernel = AttentionKernel(library, path)
         kernel.check()
         return kernel

@@ -7,7 +7,9 @@ place, so a concurrent start or a killed build never leaves half a library under
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -15,6 +17,8 @@ import subprocess
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
+
+log = logging.getLogger("headscope.native")
 
 COMPILE_TIMEOUT_S = 60
 
@@ -64,3 +68,25 @@ def library_path(
         digest.update(part)
         digest.update(b"\0")
     return cache_dir / f"{name}-{digest.hexdigest()[:20]}.so"
+
+
+def load_library(
+    source: Path, flags: Sequence[str], cache_dir: Path | None, name: str
+) -> tuple[ctypes.CDLL, Path]:
+    """The library built from `source`, from the cache or compiled into it now, and its path.
+
+    Raises FileNotFoundError without a C compiler, OSError or SubprocessError if it cannot be
+    built or loaded."""
+    compiler_path = compiler()
+    if compiler_path is None:
+        raise FileNotFoundError("no C compiler found (set CC, or install cc/gcc)")
+    path = library_path(compiler_path, source, flags, cache_dir or default_cache_dir(), name)
+    if not path.is_file():
+        log.info("Building %s into %s", source.name, path)
+        build(compiler_path, source, flags, path)
+    try:
+        return ctypes.CDLL(str(path)), path
+    except OSError:
+        # A cached build that no longer loads (truncated, damaged) is rebuilt once.
+        build(compiler_path, source, flags, path)
+        return ctypes.CDLL(str(path)), path

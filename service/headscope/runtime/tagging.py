@@ -349,20 +349,9 @@ def load_native_perceptron(
     """The C word loop for `dense`, built on first use; None (the Python loop) without a C
     compiler or if the build fails or disagrees."""
     try:
-        compiler = native_build.compiler()
-        if compiler is None:
-            raise FileNotFoundError("no C compiler found (set CC, or install cc/gcc)")
-        cache_dir = cache_dir or native_build.default_cache_dir()
-        path = native_build.library_path(
-            compiler, PERCEPTRON_SOURCE, PERCEPTRON_FLAGS, cache_dir, "perceptron"
+        library, _ = native_build.load_library(
+            PERCEPTRON_SOURCE, PERCEPTRON_FLAGS, cache_dir, "perceptron"
         )
-        if not path.is_file():
-            native_build.build(compiler, PERCEPTRON_SOURCE, PERCEPTRON_FLAGS, path)
-        try:
-            library = ctypes.CDLL(str(path))
-        except OSError:
-            native_build.build(compiler, PERCEPTRON_SOURCE, PERCEPTRON_FLAGS, path)
-            library = ctypes.CDLL(str(path))
         native = NativePerceptron(library, dense)
         native.check()
         return native
