@@ -37,9 +37,9 @@ PAPER_SUBSET = 4
 def load_headscope(kernel: bool = True):
     """The engine as the server builds it: the fused C kernel attached (kernel=False: the torch
     path, shown as its own row so the kernel's share of the speed-up is visible)."""
-    from headscope.runtime.engine import AnalysisEngine
-    from headscope.runtime.kernel import load_attention_kernel
-    from headscope.runtime.loading import load_model, resolve_model_files
+    from headscope.model.backends.native import load_attention_kernel
+    from headscope.model.engine import AnalysisEngine
+    from headscope.model.loading import load_model, resolve_model_files
 
     model, _ = load_model(resolve_model_files(str(common.STANDIN_DIR)))
     engine = AnalysisEngine(model.config, model.tensors)
@@ -159,7 +159,7 @@ def paper_analysis(model) -> Callable:
 
 
 def batches(sequences: Sequence[Sequence[int]], batched: bool) -> list[tuple[torch.Tensor, list]]:
-    from headscope.runtime.batching import ALL_PATTERNS_BATCH_TOKENS, length_groups, pad_batch
+    from headscope.model.batching import ALL_PATTERNS_BATCH_TOKENS, length_groups, pad_batch
 
     if not batched:
         return [(torch.tensor([ids]), [len(ids)]) for ids in sequences]

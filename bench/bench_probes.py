@@ -29,11 +29,11 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from threadpoolctl import threadpool_limits  # noqa: E402
 
-from headscope.runtime import load_runtime  # noqa: E402
-from headscope.runtime.corpus_text import load_corpus  # noqa: E402
-from headscope.runtime.probes.features import build_token_set, split_by_sequence  # noqa: E402
-from headscope.runtime.probes.fit import fit_batched, fit_sklearn, predict_classes  # noqa: E402
-from headscope.runtime.probes.metrics import classification_report  # noqa: E402
+from headscope.analysis.corpus_text import load_corpus  # noqa: E402
+from headscope.analysis.probes.metrics import classification_report  # noqa: E402
+from headscope.analysis.service import load_runtime  # noqa: E402
+from headscope.model.probe_features import build_token_set, split_by_sequence  # noqa: E402
+from headscope.model.probe_fit import fit_batched, fit_sklearn, predict_classes  # noqa: E402
 from headscope.settings import Settings  # noqa: E402
 
 

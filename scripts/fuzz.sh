@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Nightly-style fuzzing: the CI fuzz test (tests/hardening/test_fuzz.py) with many more generated
+# Nightly-style fuzzing: the CI fuzz test (tests/system/test_fuzz.py) with many more generated
 # cases per operation and a fresh random seed each run.
 #   bash scripts/fuzz.sh [EXAMPLES]          (default 2000 per operation)
 # Add schemathesis' negative-data check (bad input must be refused with a 4xx) with
@@ -16,4 +16,4 @@ export NLTK_DATA="${NLTK_DATA:-$shared/assets/nltk_data}"
 export HF_HUB_OFFLINE=1 HEADSCOPE_OFFLINE=1
 export HEADSCOPE_FUZZ_EXAMPLES="${1:-2000}"
 export HEADSCOPE_FUZZ_DETERMINISTIC=0
-exec python -m pytest -q -p no:cacheprovider tests/hardening/test_fuzz.py
+exec python -m pytest -q -p no:cacheprovider tests/system/test_fuzz.py

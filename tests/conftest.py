@@ -55,7 +55,7 @@ def settings(standin_dir, tmp_path_factory):
 def runtime(settings):
     """The trained stand-in, loaded once for the whole session (treat as read-only); it tags in
     a child process, as the server does by default."""
-    from headscope.runtime import load_runtime
+    from headscope.analysis.service import load_runtime
 
     loaded = load_runtime(settings)
     yield loaded
@@ -66,7 +66,7 @@ def runtime(settings):
 def random_runtime(random_model_dir):
     """A random-weight model; it tags in its own process (`tagger_process=False`), so the tests
     that use it cover that path."""
-    from headscope.runtime import load_runtime
+    from headscope.analysis.service import load_runtime
     from headscope.settings import Settings
 
     loaded = load_runtime(Settings(model=str(random_model_dir), tagger_process=False))
@@ -103,9 +103,9 @@ PROBE_TRAIN_SEQUENCES = 24  # per split
 
 @pytest.fixture(scope="session")
 def probe_run_dir(runtime, tmp_path_factory):
-    from headscope.runtime.corpus_text import load_corpus
-    from headscope.runtime.probes import TrainConfig, train_probe_run
-    from headscope.runtime.probes.features import no_progress
+    from headscope.analysis.corpus_text import load_corpus
+    from headscope.analysis.probes import TrainConfig, train_probe_run
+    from headscope.model.probe_features import no_progress
 
     store = tmp_path_factory.mktemp("probe-store")
     trained = train_probe_run(
@@ -122,7 +122,7 @@ def probe_run_dir(runtime, tmp_path_factory):
 def probes_runtime(runtime, settings, probe_run_dir):
     import copy
 
-    from headscope.runtime.probes import attach_probes
+    from headscope.analysis.probes import attach_probes
 
     probed = copy.copy(runtime)
     attach_probes(probed, settings.model_copy(update={"probes": probe_run_dir}))
@@ -138,3 +138,34 @@ def probes_api(settings, probes_runtime):
 
     with TestClient(create_app(settings, runtime=probes_runtime)) as client:
         yield client
+
+
+# -- real texts for the engine and encoding tests: short, and long (past the local window) --
+
+
+@pytest.fixture(scope="session")
+def corpus_ids(runtime) -> list[int]:
+    """Token ids of the sample's first ~3,000 tokens."""
+    return runtime.tokenizer(CORPUS.read_text()[:14000]).input_ids
+
+
+@pytest.fixture(scope="session")
+def short_text() -> str:
+    return CORPUS.read_text().split("\n\n")[0]
+
+
+@pytest.fixture(scope="session")
+def long_text(runtime) -> str:
+    """A real text of ~400 tokens: past the 256-token local window and the 128-row blocks."""
+    text = CORPUS.read_text()[:1600]
+    assert 300 < len(runtime.tokenizer(text).input_ids) <= runtime.max_tokens
+    return text
+
+
+@pytest.fixture(scope="session")
+def attention_kernel(tmp_path_factory):
+    """The fused kernel, built into a fresh folder: CI machines have a C compiler, so a build
+    failure fails the tests instead of silently testing only the torch path."""
+    from headscope.model.backends.native import load_attention_kernel
+
+    return load_attention_kernel("c", tmp_path_factory.mktemp("kernels"))

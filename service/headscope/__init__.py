@@ -1,7 +1,7 @@
 """headscope: look inside the attention heads of tiny GPT-Neo transformers over HTTP.
 
-Importing this package is cheap and torch-free; the server lives in `headscope.app` and the
-model code in `headscope.runtime`.
+Importing this package is cheap and torch-free; the server is built by `headscope.app`, and only
+`headscope.model` imports torch.
 """
 
 __version__ = "0.1.0"

@@ -14,11 +14,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from headscope import __version__
-from headscope.concurrency import AnalysisPool, HeapTrimmer
-from headscope.deps import require_api_key
+from headscope.analysis.pool import AnalysisPool, HeapTrimmer
+from headscope.api.deps import require_api_key
+from headscope.api.guards import install_middleware
+from headscope.api.lean import LeanRoutes
+from headscope.api.routes import analysis, corpus, figures, health, model, probes
 from headscope.errors import HeadscopeError
-from headscope.middleware import install_middleware
-from headscope.routers import analysis, corpus, figures, health, model, probes
 from headscope.schemas import ErrorResponse
 from headscope.settings import Settings
 
@@ -143,7 +144,7 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
         if runtime is not None:
             app.state.runtime = runtime
         else:
-            from headscope.runtime import load_runtime
+            from headscope.analysis.service import load_runtime
 
             app.state.runtime = load_runtime(settings)
         if settings.api_key is None:
@@ -173,5 +174,7 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
     protected = [Depends(require_api_key)]
     for router in (model.router, analysis.router, corpus.router, figures.router, probes.router):
         app.include_router(router, dependencies=protected)
+    # The lean path sits innermost, behind every guard that install_middleware adds.
+    app.add_middleware(LeanRoutes)
     install_middleware(app, settings)
     return app

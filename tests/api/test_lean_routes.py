@@ -8,8 +8,8 @@ import asyncio
 import httpx
 import pytest
 
+from headscope.api.lean import LeanRoutes
 from headscope.encoding import SAFETENSORS
-from headscope.fast_routes import LeanRoutes
 
 # Same JSON, parsed by FastAPI alone: LeanRoutes takes only `application/json` itself.
 FASTAPI_ONLY = {"Content-Type": "application/x-fastapi-only+json"}

@@ -1,0 +1,524 @@
+"""The paper's case-study figures as PNG bytes.
+
+Token figures (Fig. 2c/d, 3b/c, 4b/c): the text with each token shaded by one head's activity, or
+by one query's attention row. Bar charts (Appendix C/D): attention by tag, activity by POS
+context, activity inside vs. outside quotations, from the corpus analyses.
+
+matplotlib's object API on the Agg canvas, never pyplot: no global figure state, so figures can
+be drawn in the analysis threads at the same time. Every PNG is exactly `width` x `height` pixels
+(figure size in inches x DPI, saved without a tight bounding box).
+
+matplotlib is imported where a figure is drawn, not with this module: the server imports this
+module before it is ready, and importing matplotlib takes about a second.
+"""
+
+from __future__ import annotations
+
+import io
+import unicodedata
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from headscope.analysis.corpus import CorpusAnalysis
+from headscope.analysis.service import Runtime
+from headscope.errors import InvalidRequest
+from headscope.schemas import (
+    ActivityByTagFigureQuery,
+    ActivityByTagRequest,
+    ActivityByTagResponse,
+    ActivityFigureQuery,
+    AttentionByTagFigureQuery,
+    AttentionByTagRequest,
+    AttentionByTagResponse,
+    AttentionFigureQuery,
+    QuotesFigureQuery,
+    QuotesRequest,
+    QuotesResponse,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from matplotlib.font_manager import FontProperties
+
+# A glyph the font lacks (an emoji, say) is drawn as a box; that is no reason to warn per request.
+warnings.filterwarnings("ignore", message=r"Glyph \d+ .*missing from font", category=UserWarning)
+
+DPI = 100
+DEFAULT_CHART_HEIGHT = 500
+# Token-figure layout, in pixels.
+FONT_SIZE = 13  # points; at 100 DPI about 18 px tall
+MARGIN = 24
+HEADER = 64  # title and subtitle
+LINE_HEIGHT = 30
+BOX_BELOW_BASELINE = 7
+BOX_HEIGHT = 24
+LEGEND = 44  # colour scale under the text
+LEGEND_WIDTH = 200
+MAX_AUTO_HEIGHT = 4000  # a fitted figure stops growing here; the rest of the text is cut
+NEWLINE_MARK = "↵"
+ACTIVITY_COLORS = "Oranges"
+ATTENTION_COLORS = "Blues"
+DIM_TEXT = "#9a9a9a"
+AT_COLOR = "#d95f02"
+BASELINE_COLOR = "#b0b0b0"
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One token of a token figure."""
+
+    text: str
+    shade: float  # 0..1, position on the colour map
+    bold: bool = False
+    dim: bool = False  # drawn grey and unshaded (e.g. a key the query cannot see)
+    outline: bool = False  # boxed (e.g. the query token)
+
+
+@dataclass(frozen=True)
+class _Placed:
+    line: int
+    x: float
+    width: float
+    body: str
+    cell: Cell
+
+
+def _new_figure(width: int, height: int) -> Figure:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width / DPI, height / DPI), dpi=DPI)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def _png(figure: Figure) -> bytes:
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=DPI)
+    return buffer.getvalue()
+
+
+def _font(bold: bool = False, size: float = FONT_SIZE) -> FontProperties:
+    from matplotlib.font_manager import FontProperties
+
+    return FontProperties(size=size, weight="bold" if bold else "normal")
+
+
+def _printable(text: str) -> str:
+    """Tabs as spaces; other control characters (no glyph in any font) as U+FFFD."""
+    text = text.replace("\r", "").replace("\t", "    ")
+    return "".join(
+        char if char == "\n" or unicodedata.category(char) != "Cc" else "\ufffd" for char in text
+    )
+
+
+def _layout(cells: Sequence[Cell], width: int) -> tuple[list[_Placed], int]:
+    """Word-wrap the tokens into lines of the figure's width; (placements, number of lines)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    renderer = FigureCanvasAgg(Figure(dpi=DPI)).get_renderer()
+
+    def measure(text: str, bold: bool) -> float:
+        return renderer.get_text_width_height_descent(text, _font(bold), ismath=False)[0]
+
+    # A lone space measures as nothing; its advance is what it adds between two letters.
+    space = measure("a a", False) - measure("aa", False)
+    right = width - MARGIN
+    placed: list[_Placed] = []
+    x, line = float(MARGIN), 0
+    for cell in cells:
+        text = _printable(cell.text)
+        breaks = text.count("\n")
+        shown = text.replace("\n", NEWLINE_MARK)
+        body = shown.lstrip(" ")
+        gap = (len(shown) - len(body)) * space if x > MARGIN else 0.0
+        body = body.rstrip(" ")
+        body_width = measure(body, cell.bold) if body else space
+        if x + gap + body_width > right and x > MARGIN:
+            line, x, gap = line + 1, float(MARGIN), 0.0
+        placed.append(_Placed(line, x + gap, body_width, body, cell))
+        x += gap + body_width
+        if breaks:
+            line, x = line + breaks, float(MARGIN)
+    lines = (placed[-1].line + 1) if placed else 1
+    return placed, lines
+
+
+def token_text_png(
+    cells: Sequence[Cell],
+    *,
+    title: str,
+    subtitle: str,
+    colors: str,
+    scale: tuple[str, str],
+    width: int,
+    height: int | None = None,
+) -> bytes:
+    """The text, token by token, each on a box shaded by `cell.shade` on the colour map."""
+    from matplotlib import colormaps
+    from matplotlib.patches import Rectangle
+    from matplotlib.transforms import IdentityTransform
+
+    placed, lines = _layout(cells, width)
+    needed = HEADER + lines * LINE_HEIGHT + MARGIN // 2 + LEGEND
+    if height is None:
+        height = min(needed, MAX_AUTO_HEIGHT)
+    fitting_lines = max((height - HEADER - MARGIN // 2 - LEGEND) // LINE_HEIGHT, 0)
+    shown = [item for item in placed if item.line < fitting_lines]
+    if len(shown) < len(placed):
+        subtitle += f" · cut: {len(placed) - len(shown)} tokens past the figure's height"
+
+    colormap = colormaps[colors]
+    figure = _new_figure(width, height)
+    pixels = IdentityTransform()  # draw in pixels, origin at the bottom left
+    figure.text(
+        MARGIN,
+        height - 30,
+        title,
+        fontproperties=_font(True, 15),
+        transform=pixels,
+        parse_math=False,
+    )
+    figure.text(
+        MARGIN,
+        height - 52,
+        subtitle,
+        fontproperties=_font(False, 10),
+        color="#555555",
+        transform=pixels,
+        parse_math=False,
+    )
+    for item in shown:
+        baseline = height - HEADER - (item.line + 1) * LINE_HEIGHT + BOX_BELOW_BASELINE + 4
+        cell = item.cell
+        if not cell.dim:
+            figure.add_artist(
+                Rectangle(
+                    (item.x - 1, baseline - BOX_BELOW_BASELINE),
+                    item.width + 2,
+                    BOX_HEIGHT,
+                    transform=pixels,
+                    facecolor=colormap(0.85 * min(max(cell.shade, 0.0), 1.0)),
+                    edgecolor="black" if cell.outline else "none",
+                    linewidth=1.5,
+                )
+            )
+        if item.body:
+            figure.text(
+                item.x,
+                baseline,
+                item.body,
+                fontproperties=_font(cell.bold),
+                transform=pixels,
+                color=DIM_TEXT if cell.dim else "black",
+                parse_math=False,
+            )
+
+    # Colour scale: low to high along a strip under the text.
+    steps = 40
+    bottom = 14
+    for step in range(steps):
+        figure.add_artist(
+            Rectangle(
+                (MARGIN + 30 + step * LEGEND_WIDTH / steps, bottom),
+                LEGEND_WIDTH / steps + 0.5,
+                12,
+                transform=pixels,
+                facecolor=colormap(0.85 * step / (steps - 1)),
+                edgecolor="none",
+            )
+        )
+    figure.text(MARGIN, bottom + 1, scale[0], fontproperties=_font(False, 9), transform=pixels)
+    figure.text(
+        MARGIN + 36 + LEGEND_WIDTH,
+        bottom + 1,
+        scale[1],
+        fontproperties=_font(False, 9),
+        transform=pixels,
+        parse_math=False,
+    )
+    return _png(figure)
+
+
+def _head_label(flat_index: int, n_heads: int) -> str:
+    return f"L{flat_index // n_heads}H{flat_index % n_heads}"
+
+
+def _chosen_heads(
+    score: np.ndarray, layer: int | None, top: int
+) -> list[int]:  # flat indices into [layer, head]
+    n_heads = score.shape[1]
+    if layer is not None:
+        return [layer * n_heads + head for head in range(n_heads)]
+    filled = np.where(np.isnan(score), -np.inf, score).ravel()
+    return [int(i) for i in np.argsort(-filled, kind="stable")[:top]]
+
+
+def _chart_note(axes, text: str) -> None:
+    axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, color="#555555")
+
+
+def attention_by_tag_png(
+    result: AttentionByTagResponse, *, top: int, width: int, height: int, model: str
+) -> bytes:
+    figure = _new_figure(width, height)
+    axes = figure.subplots()
+    rows = result.rows[:top]
+    head = f"L{result.layer}H{result.head}"
+    if result.direction == "from":
+        title = f"{head}: where {result.tag} tokens attend ({result.tag_tokens} tokens)"
+        xlabel = "key tag"
+    else:
+        title = f"{head}: attention onto {result.tag} tokens, by query tag"
+        xlabel = "query tag"
+    positions = np.arange(len(rows))
+    bar = 0.4
+    axes.bar(
+        positions - bar / 2, [r.attention for r in rows], bar, color=AT_COLOR, label="attention"
+    )
+    axes.bar(
+        positions + bar / 2,
+        [r.frequency for r in rows],
+        bar,
+        color=BASELINE_COLOR,
+        label="uniform over visible positions",
+    )
+    axes.set_xticks(positions, [r.tag for r in rows], rotation=45 if len(rows) > 12 else 0)
+    axes.set_xlabel(xlabel)
+    axes.set_ylabel("mean attention mass")
+    axes.set_title(title, fontsize=12)
+    if rows:
+        axes.legend(frameon=False)
+    else:
+        _chart_note(axes, f"no token is tagged {result.tag}")
+    _footer(figure, model, result.source.sequences, result.source.tokens)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    return _png(figure)
+
+
+def activity_by_tag_png(
+    result: ActivityByTagResponse,
+    *,
+    layer: int | None,
+    top: int,
+    width: int,
+    height: int,
+    model: str,
+) -> bytes:
+    figure = _new_figure(width, height)
+    axes = figure.subplots()
+    overall = np.asarray(result.mean_overall)  # [layer, head]
+    n_heads = overall.shape[1]
+    title = f"Activity {result.position} {result.tag} vs. overall"
+    if result.lift is None:
+        chosen = _chosen_heads(overall, layer, top)
+        _chart_note(axes, f"no token is {result.position} {result.tag}")
+        at = None
+    else:
+        lift = np.asarray(result.lift)
+        chosen = _chosen_heads(lift, layer, top)
+        at = np.asarray(result.mean_at_position).ravel()[chosen]
+        title += f" ({result.positions} tokens)" + ("" if layer is not None else ", top by lift")
+    positions = np.arange(len(chosen))
+    bar = 0.4
+    if at is not None:
+        axes.bar(
+            positions - bar / 2, at, bar, color=AT_COLOR, label=f"{result.position} {result.tag}"
+        )
+        for x, value, ratio in zip(
+            positions, at, np.asarray(result.lift).ravel()[chosen], strict=True
+        ):
+            axes.text(
+                float(x) - bar / 2, value, f"×{ratio:.2f}", ha="center", va="bottom", fontsize=8
+            )
+    axes.bar(
+        positions + bar / 2, overall.ravel()[chosen], bar, color=BASELINE_COLOR, label="all tokens"
+    )
+    axes.set_xticks(
+        positions, [_head_label(i, n_heads) for i in chosen], rotation=45 if len(chosen) > 12 else 0
+    )
+    axes.set_ylabel("mean activity")
+    axes.margins(y=0.12)  # room for the lift labels
+    axes.set_title(title, fontsize=12)
+    axes.legend(frameon=False)
+    _footer(figure, model, result.source.sequences, result.source.tokens)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    return _png(figure)
+
+
+def quotes_png(
+    result: QuotesResponse, *, layer: int | None, top: int, width: int, height: int, model: str
+) -> bytes:
+    figure = _new_figure(width, height)
+    activity_axes, attention_axes = figure.subplots(2, 1, sharex=True)
+    if result.ratio is None or result.attention_to_opening is None:
+        _chart_note(activity_axes, "no tokens inside quotations")
+        _footer(figure, model, result.source.sequences, result.source.tokens)
+        return _png(figure)
+    ratio = np.asarray(result.ratio)
+    n_heads = ratio.shape[1]
+    chosen = _chosen_heads(ratio, layer, top)
+    positions = np.arange(len(chosen))
+    bar = 0.4
+    inside = np.asarray(result.mean_inside).ravel()[chosen]
+    outside = np.asarray(result.mean_outside).ravel()[chosen]
+    activity_axes.bar(positions - bar / 2, inside, bar, color=AT_COLOR, label="inside quotes")
+    activity_axes.bar(positions + bar / 2, outside, bar, color=BASELINE_COLOR, label="outside")
+    for x, value, r in zip(positions, inside, ratio.ravel()[chosen], strict=True):
+        activity_axes.text(
+            float(x) - bar / 2, value, f"×{r:.2f}", ha="center", va="bottom", fontsize=8
+        )
+    activity_axes.set_ylabel("mean activity")
+    activity_axes.margins(y=0.15)  # room for the ratio labels
+    activity_axes.legend(frameon=False)
+    which = f"layer {layer}" if layer is not None else "top heads by inside/outside ratio"
+    activity_axes.set_title(
+        f"Quotations: {len(result.spans)} spans, {result.inside_tokens} tokens inside ({which})",
+        fontsize=12,
+    )
+    opening = np.asarray(result.attention_to_opening).ravel()[chosen]
+    attention_axes.bar(positions, opening, 0.6, color="#1f78b4")
+    attention_axes.set_ylabel("attention to\nopening quote")
+    attention_axes.set_xticks(
+        positions, [_head_label(i, n_heads) for i in chosen], rotation=45 if len(chosen) > 12 else 0
+    )
+    _footer(figure, model, result.source.sequences, result.source.tokens)
+    figure.tight_layout(rect=(0, 0.04, 1, 1))
+    return _png(figure)
+
+
+def _footer(figure: Figure, model: str, sequences: int, tokens: int) -> None:
+    figure.text(
+        0.01,
+        0.01,
+        f"{model} · {sequences} sequences, {tokens} tokens",
+        fontsize=8,
+        color="#777777",
+        parse_math=False,
+    )
+
+
+def _model_label(model_id: str, limit: int = 60) -> str:
+    return model_id if len(model_id) <= limit else "…" + model_id[-(limit - 1) :]
+
+
+class Figures:
+    """The figures of the API and the CLI, for one runtime and its corpus analysis."""
+
+    def __init__(self, runtime: Runtime, analysis: CorpusAnalysis) -> None:
+        self.runtime = runtime
+        self.analysis = analysis
+        self.model = _model_label(runtime.files.model_id)
+
+    def activity(self, query: ActivityFigureQuery) -> bytes:
+        self.runtime.check_head(query.layer, query.head)
+        encoded = self.runtime.encode(query.text)
+        output = self.runtime.forward(encoded, last_layer=query.layer)
+        activity = output.activity[0, query.layer, query.head].tolist()  # [token]
+        peak = max(activity)
+        cells = [
+            Cell(
+                text=query.text[start:end],
+                shade=value / peak if peak > 0 else 0.0,
+                bold=peak > 0 and value >= query.bold_fraction * peak,
+            )
+            for (start, end), value in zip(encoded.offsets, activity, strict=True)
+        ]
+        strongest = int(np.argmax(activity))
+        return token_text_png(
+            cells,
+            title=f"L{query.layer}H{query.head} activity per token",
+            subtitle=f"{self.model} · max {peak:.3g} at token {strongest} · bold: at least "
+            f"{query.bold_fraction:.0%} of the max",
+            colors=ACTIVITY_COLORS,
+            scale=("0", f"{peak:.3g}"),
+            width=query.width,
+            height=query.height,
+        )
+
+    def attention(self, query: AttentionFigureQuery) -> bytes:
+        self.runtime.check_head(query.layer, query.head)
+        encoded = self.runtime.encode(query.text)
+        n = len(encoded)
+        row_index = n - 1 if query.query is None else query.query
+        if not 0 <= row_index < n:
+            raise InvalidRequest(
+                f"query {row_index} is outside the text's {n} tokens",
+                detail={"query": row_index, "tokens": n},
+            )
+        head = (query.layer, query.head)
+        output = self.runtime.forward(encoded, last_layer=query.layer, patterns=[head])
+        row = output.patterns[head][0, row_index].tolist()  # [key]
+        visible = self.runtime.engine.causal_mask(query.layer, n)[row_index].tolist()  # [key]
+        peak = max(row)
+        cells = [
+            Cell(
+                text=query.text[start:end],
+                shade=weight / peak if peak > 0 else 0.0,
+                dim=not seen,
+                outline=index == row_index,
+            )
+            for index, ((start, end), weight, seen) in enumerate(
+                zip(encoded.offsets, row, visible, strict=True)
+            )
+        ]
+        start, end = encoded.offsets[row_index]
+        return token_text_png(
+            cells,
+            title=f"L{query.layer}H{query.head} attention from token {row_index} "
+            f"{query.text[start:end]!r}",
+            subtitle=f"{self.model} · boxed: the query · darkest: {peak:.3g} · grey: keys it "
+            "cannot see",
+            colors=ATTENTION_COLORS,
+            scale=("0", f"{peak:.3g}"),
+            width=query.width,
+            height=query.height,
+        )
+
+    def attention_by_tag(self, query: AttentionByTagFigureQuery) -> bytes:
+        request = AttentionByTagRequest(**_fields_of(query, AttentionByTagRequest))
+        result = self.analysis.attention_by_tag(request)
+        return attention_by_tag_png(
+            result,
+            top=query.top,
+            width=query.width,
+            height=query.height or DEFAULT_CHART_HEIGHT,
+            model=self.model,
+        )
+
+    def activity_by_tag(self, query: ActivityByTagFigureQuery) -> bytes:
+        if query.layer is not None:
+            self.runtime.check_layer(query.layer)
+        request = ActivityByTagRequest(**_fields_of(query, ActivityByTagRequest))
+        result = self.analysis.activity_by_tag(request)
+        return activity_by_tag_png(
+            result,
+            layer=query.layer,
+            top=query.top,
+            width=query.width,
+            height=query.height or DEFAULT_CHART_HEIGHT,
+            model=self.model,
+        )
+
+    def quotes(self, query: QuotesFigureQuery) -> bytes:
+        if query.layer is not None:
+            self.runtime.check_layer(query.layer)
+        request = QuotesRequest(**_fields_of(query, QuotesRequest))
+        result = self.analysis.quotes(request)
+        return quotes_png(
+            result,
+            layer=query.layer,
+            top=query.top,
+            width=query.width,
+            height=query.height or DEFAULT_CHART_HEIGHT,
+            model=self.model,
+        )
+
+
+def _fields_of(query, request_type) -> dict:
+    return {name: getattr(query, name) for name in request_type.model_fields}

@@ -1,0 +1,1 @@
+"""HTTP: request guards, the uvicorn protocol, dependencies and one router per resource."""

@@ -1,0 +1,475 @@
+"""The forward pass's C kernels (attention_kernel.c): built on first use, cached, called by ctypes.
+
+The fused attention of 4-dim heads (`attend`), the residual add with the LayerNorm after it
+(`add_layer_norm`), the tanh-GELU in place (`gelu_tanh_`), and a whole transformer block in one
+call (`block_forward`), whose GEMMs call the BLAS sgemm that torch itself calls (MKL) by address:
+the same bits as torch.mm/addmm, without a Python-to-torch round trip per operation (where torch
+has no MKL, `blocks` is False and the engine calls the pieces one by one).
+
+The shared library is built on the machine that runs it, for that CPU (-march=native), and kept
+in a cache folder under a name that hashes the source, the flags, the compiler and the CPU, so a
+changed kernel or a different machine never loads a stale build. Where no C compiler is found or
+the build fails, the engine keeps its torch path (same numbers within float32 rounding); the
+setting `attention_kernel` says whether that is acceptable ("auto") or an error ("c").
+
+ctypes releases the GIL during the call, so the kernels run beside request handling and, with
+more than one torch thread, split their work (attention's (sequence, head) pairs, large
+LayerNorm/GELU inputs' rows) over that many threads; every piece is computed the same way
+whatever the split, so the numbers are bit-identical for any thread count.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import subprocess
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from headscope.errors import StartupError
+from headscope.native import build as native_build
+
+log = logging.getLogger("headscope.kernel")
+
+SOURCE = Path(__file__).parents[2] / "native" / "attention_kernel.c"
+SUPPORTED_D_HEAD = 4
+# No -ffast-math: with -shared, GCC 12 links crtfastmath.o, which turns on flush-to-zero for the
+# whole process (torch included). These flags allow only what the loops need to vectorize.
+FLAGS = (
+    "-O3",
+    "-march=native",
+    "-fno-math-errno",
+    "-fno-trapping-math",
+    "-fassociative-math",
+    "-fno-signed-zeros",
+    "-ffinite-math-only",
+    "-fPIC",
+    "-shared",
+)
+# LayerNorm/GELU inputs are split over threads only from this many floats per thread: below it,
+# handing work to the pool costs more than the arithmetic (a [128, 256] GELU takes ~20 µs).
+MIN_FLOATS_PER_THREAD = 1 << 16
+
+
+def _compiler() -> str | None:
+    return native_build.compiler()
+
+
+def _library_path(compiler: str, cache_dir: Path) -> Path:
+    return native_build.library_path(compiler, SOURCE, FLAGS, cache_dir, "attention")
+
+
+def _torch_sgemm() -> int | None:
+    """The address of `sgemm_`, the Fortran BLAS GEMM inside torch, where torch was built with
+    MKL (whose lowercase sgemm_ takes 32-bit integers, as torch calls it); None elsewhere."""
+    if not torch.backends.mkl.is_available():
+        return None
+    for path in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*")):
+        try:
+            return ctypes.cast(ctypes.CDLL(str(path)).sgemm_, ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            continue
+    return None
+
+
+class _Block(ctypes.Structure):
+    """attention_kernel.c's struct headscope_block."""
+
+    _fields_ = [
+        *(
+            (name, ctypes.c_void_p)
+            for name in (
+                "ln_1_weight",
+                "ln_1_bias",
+                "ln_2_weight",
+                "ln_2_bias",
+                "qkv",
+                "out",
+                "out_bias",
+                "fc",
+                "fc_bias",
+                "proj",
+                "proj_bias",
+                "gram",
+            )
+        ),  # fmt: skip
+        ("eps", ctypes.c_double),
+        *((name, ctypes.c_long) for name in ("d_model", "d_mlp", "heads", "window")),
+    ]
+
+
+@dataclass(frozen=True)
+class BlockWeights:
+    """One block's weights as the whole-block call reads them (keeps the tensors alive)."""
+
+    struct: _Block
+    tensors: tuple[Tensor, ...]
+
+
+class AttentionKernel:
+    def __init__(self, library: ctypes.CDLL, path: Path) -> None:
+        self.path = path
+        c_long, c_double, pointer = ctypes.c_long, ctypes.c_double, ctypes.c_void_p
+        self._attend = library.headscope_attend
+        self._attend.argtypes = [
+            pointer, c_long, c_long, c_long, c_long, c_long, c_long,
+            pointer, pointer, pointer, pointer, pointer, c_long,
+        ]  # fmt: skip
+        self._attend.restype = ctypes.c_int
+        self._add_layer_norm = library.headscope_add_layer_norm
+        self._add_layer_norm.argtypes = [
+            pointer, pointer, c_long, c_long, c_long, pointer, pointer, c_double, pointer,
+        ]  # fmt: skip
+        self._add_layer_norm.restype = None
+        self._gelu_tanh = library.headscope_gelu_tanh
+        self._gelu_tanh.argtypes = [pointer, c_long, c_long]
+        self._gelu_tanh.restype = None
+        self._block_forward = library.headscope_block_forward
+        self._block_forward.argtypes = [
+            pointer, pointer, c_long, c_long, pointer, pointer, pointer, pointer, pointer,
+            pointer, pointer, pointer, pointer, pointer, pointer, c_long, ctypes.c_int,
+        ]  # fmt: skip
+        self._block_forward.restype = ctypes.c_int
+        self._sgemm = _torch_sgemm()
+        # Whether block_forward may be used: torch's sgemm was found and the self-check passed.
+        self.blocks = False
+        self._pools: dict[int, ThreadPoolExecutor] = {}
+        self._pools_lock = threading.Lock()
+
+    def _pool(self, threads: int) -> ThreadPoolExecutor:
+        # One pool per thread count (torch's count is process-wide and rarely changes); pools are
+        # never shut down while another analysis may still submit to them.
+        with self._pools_lock:
+            if threads not in self._pools:
+                self._pools[threads] = ThreadPoolExecutor(
+                    threads, thread_name_prefix="headscope-kernel"
+                )
+            return self._pools[threads]
+
+    def _split(self, run: Callable[[int, int], None], count: int, threads: int) -> None:
+        """run(first, end) over [0, count), in `threads` contiguous parts on the pool (one part:
+        called here, without the pool's hand-offs)."""
+        threads = min(threads, count)
+        if threads <= 1:
+            run(0, count)
+            return
+        bounds = [count * part // threads for part in range(threads + 1)]
+        futures = [
+            self._pool(threads).submit(run, first, end)
+            for first, end in zip(bounds, bounds[1:], strict=False)
+        ]
+        for future in futures:
+            future.result()
+
+    def check(self, tolerance: float = 1e-5) -> None:
+        """Compare with torch on small random problems (a miscompiled build must not serve)."""
+        generator = torch.Generator().manual_seed(0)
+        heads, length = 3, 37
+        qkv = torch.randn(2, length, 3 * heads * SUPPORTED_D_HEAD, generator=generator)
+        w = torch.randn(heads, SUPPORTED_D_HEAD, 8, generator=generator, dtype=torch.float64)
+        gram = torch.matmul(w, w.transpose(1, 2)).contiguous()
+        for window in (0, 5):
+            activity = torch.empty(2, heads, length)
+            patterns = torch.empty(2, heads, length, length)
+            z = self.attend(qkv, heads, window, gram, activity, patterns, list(range(heads)))
+            expected = reference_attention(qkv, heads, window, gram)
+            for got, want in zip((z, activity, patterns), expected, strict=True):
+                _expect_close(got, want, tolerance, f"attention (window {window})")
+
+        hidden = torch.randn(2, 11, 64, generator=generator) * 3 + 1
+        addend = torch.randn(2, 11, 64, generator=generator)
+        gamma, beta = torch.randn(2, 64, generator=generator)
+        want_hidden = hidden + addend
+        want = torch.nn.functional.layer_norm(want_hidden, (64,), gamma, beta, 1e-5)
+        normed = torch.empty_like(hidden)
+        self.add_layer_norm(hidden, addend, gamma, beta, 1e-5, normed)
+        _expect_close(hidden, want_hidden, 0.0, "the residual add")
+        _expect_close(normed, want, tolerance, "layer norm")
+
+        # Both signs, the polynomial's range, the clamp at |x| = 10 and past it, and a length
+        # that is not a whole number of vectors.
+        x = torch.cat(
+            [torch.randn(301, generator=generator) * 4, torch.tensor([-1e4, -10.5, 0.0, 1e4])]
+        )
+        want = gelu_tanh_reference(x.double())
+        self.gelu_tanh_(x)
+        _expect_close(x, want, tolerance, "tanh-GELU")
+
+        self.blocks = False
+        if self._sgemm is None:
+            log.info("torch has no MKL sgemm to call: the engine calls the kernels one by one")
+            return
+        try:
+            self._check_block(generator, tolerance)
+        except KernelMismatch as err:
+            # The pieces passed; only the sgemm hand-over is in doubt: run without it.
+            log.warning("Whole-block kernel calls are off: %s", err)
+            return
+        self.blocks = True
+
+    def _check_block(self, generator: torch.Generator, tolerance: float) -> None:
+        """One small block, two sequences, against the same steps in torch ops."""
+        batch, length, heads, d_mlp, window, eps = 2, 19, 3, 20, 5, 1e-5
+        d_model = heads * SUPPORTED_D_HEAD
+
+        def randn(*shape: int) -> Tensor:
+            return torch.randn(*shape, generator=generator) * 0.5
+
+        weights = [randn(d_model) + 1, randn(d_model), randn(d_model) + 1, randn(d_model)]
+        weights += [randn(3 * d_model, d_model), randn(d_model, d_model), randn(d_model)]
+        weights += [randn(d_mlp, d_model), randn(d_mlp), randn(d_model, d_mlp), randn(d_model)]
+        ln_1w, ln_1b, ln_2w, ln_2b, w_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj = weights
+        w_o_by_head = w_o.double().view(d_model, heads, SUPPORTED_D_HEAD).permute(1, 2, 0)
+        gram = torch.matmul(w_o_by_head, w_o_by_head.transpose(1, 2)).contiguous()
+        block = self.block_weights(
+            (ln_1w, ln_1b, eps), (ln_2w, ln_2b, eps), w_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj,
+            gram, heads, window,
+        )  # fmt: skip
+        hidden, pending = randn(batch, length, d_model) * 4, randn(batch, length, d_model)
+
+        layer_norm = torch.nn.functional.layer_norm
+        want_hidden = hidden + pending
+        normed = layer_norm(want_hidden, (d_model,), ln_1w, ln_1b, eps)
+        want_z, want_activity, _ = reference_attention(normed @ w_qkv.T, heads, window, gram)
+        want_output = want_z @ w_o.T + b_o
+        want_hidden = want_hidden + want_output
+        normed = layer_norm(want_hidden, (d_model,), ln_2w, ln_2b, eps)
+        want_mlp = gelu_tanh_reference(normed @ w_fc.T + b_fc) @ w_proj.T + b_proj
+
+        rows = batch * length
+        buffers = [torch.empty(rows, width) for width in (d_model, 3 * d_model, d_model)]
+        buffers += [torch.empty(rows, width) for width in (d_model, d_mlp, d_model)]
+        normed, qkv, z, output, inner, mlp = buffers
+        activity = torch.empty(batch, heads, length)
+        self.block_forward(
+            block, batch, length, hidden, pending, normed, qkv, z, output, inner, mlp, activity,
+            None, [], last=False,
+        )  # fmt: skip
+        for got, want, what in (
+            (hidden.view(rows, d_model), want_hidden.view(rows, d_model), "the residual stream"),
+            (activity, want_activity, "activity"),
+            (output, want_output.view(rows, d_model), "the attention output"),
+            (mlp, want_mlp.view(rows, d_model), "the MLP output"),
+        ):
+            _expect_close(got, want, tolerance, f"a whole block's {what}")
+
+    def attend(
+        self,
+        qkv: Tensor,  # [batch, token, 3 * head * 4], contiguous float32
+        heads: int,
+        window: int,  # 0: global attention
+        gram: Tensor,  # [head, 4, 4] float64: W_O[h-slice]ᵀ · W_O[h-slice]
+        activity: Tensor,  # [batch, head, token], to fill in
+        patterns: Tensor | None,  # [batch, len(pattern_heads), token, token], to fill in
+        pattern_heads: list[int],
+    ) -> Tensor:
+        """Fill `activity` (and `patterns`); return z as [batch, token, head * 4]."""
+        batch, length, _ = qkv.shape
+        for tensor in (qkv, gram, activity, patterns):
+            assert tensor is None or tensor.is_contiguous()
+        z = torch.empty(batch, length, heads * SUPPORTED_D_HEAD)
+        slots = None
+        if pattern_heads:
+            slots = (ctypes.c_long * heads)(*([-1] * heads))
+            for slot, head in enumerate(pattern_heads):
+                slots[head] = slot
+        arguments = (
+            gram.data_ptr(),
+            z.data_ptr(),
+            activity.data_ptr(),
+            patterns.data_ptr() if patterns is not None else None,
+            slots,
+            len(pattern_heads),
+        )
+        qkv_pointer, pairs = qkv.data_ptr(), batch * heads
+
+        def run(first: int, end: int) -> None:
+            status = self._attend(qkv_pointer, batch, length, heads, window, first, end, *arguments)
+            if status != 0:
+                raise MemoryError("attention kernel: no memory for its scratch rows")
+
+        self._split(run, pairs, torch.get_num_threads())
+        return z
+
+    def add_layer_norm(
+        self,
+        hidden: Tensor,  # [..., width], contiguous float32: the residual stream, updated in place
+        addend: Tensor | None,  # like hidden, or None: nothing to add
+        weight: Tensor,  # [width]
+        bias: Tensor,  # [width]
+        eps: float,
+        out: Tensor,  # like hidden, to fill in with LayerNorm(hidden + addend)
+    ) -> None:
+        """hidden += addend (when given), then out = F.layer_norm(hidden, ...) within float32
+        rounding."""
+        for tensor in (hidden, addend, weight, bias, out):
+            assert tensor is None or (tensor.is_contiguous() and tensor.dtype == torch.float32)
+        assert out.shape == hidden.shape and (addend is None or addend.shape == hidden.shape)
+        width = hidden.shape[-1]
+        rows = hidden.numel() // width
+        hidden_pointer, out_pointer = hidden.data_ptr(), out.data_ptr()
+        addend_pointer = addend.data_ptr() if addend is not None else None
+        weight_pointer, bias_pointer = weight.data_ptr(), bias.data_ptr()
+
+        def run(first: int, end: int) -> None:
+            self._add_layer_norm(
+                hidden_pointer, addend_pointer, first, end, width,
+                weight_pointer, bias_pointer, eps, out_pointer,
+            )  # fmt: skip
+
+        self._split(run, rows, self._threads_for(rows * width))
+
+    def gelu_tanh_(self, x: Tensor) -> Tensor:
+        """x <- GPT-2's tanh-GELU of x, in place (contiguous float32); returns x."""
+        assert x.is_contiguous() and x.dtype == torch.float32
+        pointer, count = x.data_ptr(), x.numel()
+
+        def run(first: int, end: int) -> None:
+            # Each value goes through the same vector code wherever a part starts: the same
+            # bits for any thread count.
+            self._gelu_tanh(pointer, first, end)
+
+        self._split(run, count, self._threads_for(count))
+        return x
+
+    def block_weights(
+        self,
+        ln_1: tuple[Tensor, Tensor, float],  # weight, bias, eps
+        ln_2: tuple[Tensor, Tensor, float],
+        w_qkv: Tensor,  # [3 * d_model, d_model]
+        w_o: Tensor,  # [d_model, d_model]
+        b_o: Tensor,
+        w_fc: Tensor,  # [d_mlp, d_model]
+        b_fc: Tensor,
+        w_proj: Tensor,  # [d_model, d_mlp]
+        b_proj: Tensor,
+        gram: Tensor,  # [head, 4, 4] float64, as for attend
+        heads: int,
+        window: int,  # 0: global attention
+    ) -> BlockWeights:
+        """A block's weights for block_forward (all contiguous, float32 but the Gram matrices)."""
+        tensors = (*ln_1[:2], *ln_2[:2], w_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj, gram)
+        for tensor in tensors:
+            assert tensor.is_contiguous()
+            assert tensor.dtype == (torch.float64 if tensor is gram else torch.float32)
+        struct = _Block(
+            *(tensor.data_ptr() for tensor in tensors),
+            ln_1[2], w_qkv.shape[1], w_fc.shape[0], heads, window,
+        )  # fmt: skip
+        return BlockWeights(struct, tensors)
+
+    def block_forward(
+        self,
+        block: BlockWeights,
+        batch: int,
+        length: int,
+        hidden: Tensor,  # [batch, token, d_model]: the residual stream, updated in place
+        pending: Tensor | None,  # like hidden: the previous block's MLP output, still to add
+        normed: Tensor,  # [rows, d_model] scratch; rows = batch * token
+        qkv: Tensor,  # [rows, 3 * d_model], written
+        z: Tensor,  # [rows, d_model] (= [batch, token, head * 4]), written
+        attention_output: Tensor,  # [rows, d_model], written (out_proj bias included)
+        inner: Tensor,  # [rows, d_mlp] scratch
+        mlp: Tensor,  # [rows, d_model], written (may be `pending` itself)
+        activity: Tensor,  # [batch, head, token], written
+        patterns: Tensor | None,  # [batch, len(pattern_heads), token, token], written
+        pattern_heads: list[int],
+        *,
+        last: bool,  # stop after the attention output (no residual add, no MLP)
+    ) -> None:
+        """One GPT-Neo block in one call: add_layer_norm, the QKV GEMM, attend, the output GEMM,
+        and unless `last` add_layer_norm, the MLP GEMMs and the tanh-GELU between them."""
+        assert self._sgemm is not None  # callers check `blocks`; the self-check runs first
+        # C writes through these pointers: every buffer must have exactly its size.
+        rows, d_model, heads = batch * length, block.struct.d_model, block.struct.heads
+        for tensor, width in (
+            (hidden, d_model), (pending, d_model), (normed, d_model), (qkv, 3 * d_model),
+            (z, d_model), (attention_output, d_model), (inner, block.struct.d_mlp),
+            (mlp, d_model), (activity, heads), (patterns, len(pattern_heads) * length),
+        ):  # fmt: skip
+            assert tensor is None or (
+                tensor.is_contiguous()
+                and tensor.dtype == torch.float32
+                and tensor.numel() == rows * width
+            )
+        slots = None
+        if pattern_heads:
+            slots = (ctypes.c_long * heads)(*([-1] * heads))
+            for slot, head in enumerate(pattern_heads):
+                slots[head] = slot
+        status = self._block_forward(
+            self._sgemm, ctypes.byref(block.struct), batch, length, hidden.data_ptr(),
+            pending.data_ptr() if pending is not None else None, normed.data_ptr(),
+            qkv.data_ptr(), z.data_ptr(), attention_output.data_ptr(), inner.data_ptr(),
+            mlp.data_ptr(), activity.data_ptr(),
+            patterns.data_ptr() if patterns is not None else None, slots, len(pattern_heads),
+            int(last),
+        )  # fmt: skip
+        if status != 0:
+            raise MemoryError("attention kernel: no memory for its scratch rows")
+
+    @staticmethod
+    def _threads_for(floats: int) -> int:
+        return max(1, min(torch.get_num_threads(), floats // MIN_FLOATS_PER_THREAD))
+
+
+def _expect_close(got: Tensor, want: Tensor, tolerance: float, what: str) -> None:
+    """Absolute difference up to magnitude 1, relative above it."""
+    want = want.double()
+    difference = ((got.double() - want).abs() / want.abs().clamp(min=1)).max().item()
+    if not difference <= tolerance:
+        raise KernelMismatch(f"{what} differs from torch by {difference}")
+
+
+def gelu_tanh_reference(x: Tensor) -> Tensor:
+    """GPT-2's tanh-GELU with torch ops: Hugging Face's "gelu_new" 0.5x(1 + tanh(u)), written as
+    x·sigmoid(2u), the same function, so that float64 keeps the tiny values of large negative x
+    (where 1 + tanh(u) cancels to 0)."""
+    return x * torch.sigmoid(2.0 * math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3)))
+
+
+class KernelMismatch(RuntimeError):
+    """The built kernel disagrees with torch on a small problem: never use it."""
+
+
+def reference_attention(
+    qkv: Tensor, heads: int, window: int, gram: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
+    """What the kernel computes, with torch ops: (z [b, token, head*4], activity, patterns)."""
+    batch, length, _ = qkv.shape
+    query, key, value = qkv.view(batch, length, 3, heads, SUPPORTED_D_HEAD).permute(2, 0, 3, 1, 4)
+    offsets = torch.arange(length)[:, None] - torch.arange(length)[None, :]
+    visible = (offsets >= 0) & ((offsets < window) if window else True)
+    scores = torch.matmul(query, key.transpose(-1, -2)).masked_fill(~visible, float("-inf"))
+    patterns = torch.softmax(scores, dim=-1)  # [batch, head, q, k]
+    z = torch.matmul(patterns, value)  # [batch, head, token, 4]
+    squared = torch.einsum("bhti,hij,bhtj->bht", z.double(), gram, z.double())
+    merged = z.transpose(1, 2).reshape(batch, length, heads * SUPPORTED_D_HEAD)
+    return merged, squared.clamp(min=0).sqrt().float(), patterns
+
+
+def load_attention_kernel(mode: str, cache_dir: Path | None = None) -> AttentionKernel | None:
+    """The kernel, or None to use the torch path. mode: "auto", "c" (required) or "torch"."""
+    if mode == "torch":
+        return None
+    try:
+        library, path = native_build.load_library(SOURCE, FLAGS, cache_dir, "attention")
+        kernel = AttentionKernel(library, path)
+        kernel.check()
+        return kernel
+    except (OSError, subprocess.SubprocessError, KernelMismatch) as err:
+        detail = (getattr(err, "stderr", None) or b"").decode(errors="replace")[-500:]
+        message = f"The attention kernel is unavailable ({type(err).__name__}: {err}) {detail}"
+        if mode == "c":
+            raise StartupError(
+                f"{message}. Set attention_kernel=auto or torch to run without it."
+            ) from err
+        log.warning("%s; using the torch path.", message)
+        return None
