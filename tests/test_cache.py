@@ -97,7 +97,7 @@ def test_lru_evicts_least_recently_used_within_the_byte_bound():
         return {"x": np.zeros(1000, dtype=np.float32)}
 
     entry_bytes = payload_bytes(entry()) + len(repr(("a",))) + ENTRY_OVERHEAD_BYTES
-    cache = AnalysisCache(max_bytes=int(3.5 * entry_bytes))  # room for three entries
+    cache = AnalysisCache(int(3.5 * entry_bytes))  # room for three entries
     for name in ("a", "b", "c"):
         cache.put((name,), entry())
     assert len(cache) == 3
@@ -105,7 +105,7 @@ def test_lru_evicts_least_recently_used_within_the_byte_bound():
     cache.put(("d",), entry())
     assert cache.get(("b",)) is None
     assert cache.get(("a",)) is not None and cache.get(("d",)) is not None
-    assert cache.size_bytes <= cache.max_bytes
+    assert cache.size_bytes <= cache.max_size
     cache.put(("huge",), {"x": np.zeros(10**6, dtype=np.float32)})  # bigger than the cache
     assert cache.get(("huge",)) is None and len(cache) >= 2
 

@@ -1,4 +1,5 @@
-"""A bounded LRU of analysis results, keyed by (model fingerprint, endpoint, text, options).
+"""The bounded LRU of results: analyses keyed by (model fingerprint, endpoint, text, options),
+corpus statistics, and tagged texts.
 
 A viewer asks for the same text again and again (another head's pattern, a re-render); a
 cached result answers in the time it takes to encode it. Bounded by the bytes of the arrays it
@@ -10,10 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from typing import Any
 
+import cachetools
 import numpy as np
 import orjson
 
@@ -21,6 +22,11 @@ from headscope.encoding import plain_rows
 
 # Bookkeeping per entry beyond its arrays (dicts, token lists, the key), for the byte bound.
 ENTRY_OVERHEAD_BYTES = 4096
+
+
+def entry_bytes(value: Any) -> int:
+    """A cache entry's approximate memory: its payload plus the bookkeeping around it."""
+    return payload_bytes(value) + ENTRY_OVERHEAD_BYTES
 
 
 def payload_bytes(value: Any) -> int:
@@ -55,52 +61,61 @@ def _freeze(value: Any) -> None:
                 _freeze(item)
 
 
+def one_per_entry(value: Any) -> int:
+    """Size function for a cache bounded by its number of entries instead of bytes."""
+    return 1
+
+
 class AnalysisCache:
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._entries: OrderedDict[tuple, tuple[Any, int]] = OrderedDict()
-        self._bytes = 0
+    """The one LRU for analyses, corpus statistics and tags: thread-safe, bounded by the summed
+    `size_of` of its entries (bytes by default; `one_per_entry` bounds the count instead).
+
+    Eviction is cachetools' LRUCache; this class adds the lock, the read-only freeze, the key's
+    share of the size, and the rule that an entry larger than the whole cache is not kept."""
+
+    def __init__(self, max_size: int, size_of: Callable[[Any], int] = entry_bytes) -> None:
+        self.max_size = max_size
+        self._size_of = size_of
+        self._entries: cachetools.LRUCache = cachetools.LRUCache(
+            maxsize=max(max_size, 1), getsizeof=lambda entry: entry[1]
+        )
         self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
     @property
     def enabled(self) -> bool:
-        return self.max_bytes > 0
+        return self.max_size > 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
     @property
     def size_bytes(self) -> int:
-        return self._bytes
+        return int(self._entries.currsize)
 
-    def get(self, key: tuple) -> Any | None:
+    def get(self, key: Hashable) -> Any | None:
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
                 self.misses += 1
                 return None
-            self._entries.move_to_end(key)
             self.hits += 1
             return entry[0]
 
-    def put(self, key: tuple, value: Any) -> None:
-        size = payload_bytes(value) + len(repr(key)) + ENTRY_OVERHEAD_BYTES
-        if size > self.max_bytes:
+    def put(self, key: Hashable, value: Any) -> None:
+        if not self.enabled:
+            return
+        size = self._size_of(value)
+        if self._size_of is entry_bytes:
+            size += len(repr(key))
+        if size > self.max_size:
             return  # larger than the whole cache: keeping it would evict everything else
         _freeze(value)
         with self._lock:
-            previous = self._entries.pop(key, None)
-            if previous is not None:
-                self._bytes -= previous[1]
             self._entries[key] = (value, size)
-            self._bytes += size
-            while self._bytes > self.max_bytes:
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self._bytes -= evicted
 
-    def get_or_compute(self, key: tuple, compute: Callable[[], Any]) -> Any:
+    def get_or_compute(self, key: Hashable, compute: Callable[[], Any]) -> Any:
         """The cached value for `key`, or compute, store and return it.
 
         Two threads missing on the same key both compute: simpler than per-key locks, and the
@@ -117,4 +132,3 @@ class AnalysisCache:
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
-            self._bytes = 0

@@ -50,16 +50,16 @@ def test_drawn_sequences_are_cut_to_max_tokens(runtime_view, corpus_settings):
 
 
 def test_result_cache_keeps_the_most_recent_entries():
-    from headscope.analysis.corpus import ResultCache
+    from headscope.cache import AnalysisCache, one_per_entry
     from headscope.schemas import HeadId
 
-    cache = ResultCache(2)
+    cache = AnalysisCache(2, size_of=one_per_entry)
     for key in "abc":
         cache.put(key, HeadId(layer=0, head=ord(key)))
         if key == "b":
             assert cache.get("a") is not None  # "a" is now the most recent
     assert cache.get("b") is None and cache.get("a") is not None and cache.get("c") is not None
-    disabled = ResultCache(0)
+    disabled = AnalysisCache(0, size_of=one_per_entry)
     disabled.put("a", HeadId(layer=0, head=0))
     assert disabled.get("a") is None
 

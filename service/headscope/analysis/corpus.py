@@ -18,7 +18,6 @@ import logging
 import random
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TypeVar
@@ -29,6 +28,7 @@ from pydantic import BaseModel
 
 from headscope.analysis.corpus_text import Corpus, load_corpus
 from headscope.analysis.service import Encoded, Runtime
+from headscope.cache import AnalysisCache, one_per_entry
 from headscope.errors import (
     CorpusUnavailable,
     HeadscopeError,
@@ -88,34 +88,6 @@ class Sequences:
     @property
     def tokens(self) -> int:
         return sum(len(encoded) for encoded in self.encoded)
-
-
-class ResultCache:
-    """A thread-safe LRU of finished responses."""
-
-    def __init__(self, size: int) -> None:
-        self.size = size
-        self._entries: OrderedDict[str, BaseModel] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, key: str) -> BaseModel | None:
-        with self._lock:
-            value = self._entries.get(key)
-            if value is not None:
-                self._entries.move_to_end(key)
-            return value
-
-    def put(self, key: str, value: BaseModel) -> None:
-        if self.size <= 0:
-            return
-        with self._lock:
-            self._entries[key] = value
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.size:
-                self._entries.popitem(last=False)
-
-    def __len__(self) -> int:
-        return len(self._entries)
 
 
 class Progress:
@@ -226,7 +198,7 @@ class CorpusAnalysis:
     def __init__(self, runtime: Runtime, settings: Settings) -> None:
         self.runtime = runtime
         self.settings = settings
-        self.cache = ResultCache(settings.corpus_cache_size)
+        self.cache = AnalysisCache(settings.corpus_cache_size, size_of=one_per_entry)
         self._corpus: Corpus | None = None
         self._corpus_error: tuple[float, str] | None = None
         self._corpus_lock = threading.Lock()
