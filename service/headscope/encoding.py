@@ -166,8 +166,8 @@ def to_lists(payload: dict[str, Any]) -> dict[str, Any]:
     return _map_arrays(payload, lambda array: array.tolist())
 
 
-# orjson holds the GIL for the whole of one call: a 512x512 pattern is ~20 ms of it, all that
-# time the event loop (health checks, every other request's I/O) cannot run. Arrays bigger than
+# orjson holds the GIL for the whole of one call (a 512x512 pattern: see bench/README.md), all
+# that time the event loop (health checks, every other request's I/O) cannot run. Arrays bigger than
 # this are written a slice at a time, and other threads get the GIL between slices.
 JSON_SLICE_FLOATS = 4096
 
