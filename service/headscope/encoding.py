@@ -19,6 +19,7 @@ Torch-free (numpy, orjson, safetensors.numpy), so the client side can decode wit
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -196,23 +197,30 @@ def encode_json(payload: dict[str, Any], precision: Precision = Precision()) -> 
     )
 
 
+def _walk_arrays(value: Any, leaf: Callable[[Any, str], Any], path: str = "") -> Any:
+    """Rebuild a payload, each value that is not a dict or a list of dicts replaced by
+    leaf(value, its tensor name): dotted keys and list indices, "patterns.0.pattern"."""
+    if isinstance(value, dict):
+        return {
+            key: _walk_arrays(item, leaf, f"{path}.{key}" if path else key)
+            for key, item in value.items()
+        }
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [_walk_arrays(item, leaf, f"{path}.{index}") for index, item in enumerate(value)]
+    return leaf(value, path)
+
+
 def _tensor_names(payload: dict[str, Any]) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
     """Replace each array by its tensor name; return (skeleton, {name: array})."""
     tensors: dict[str, np.ndarray] = {}
 
-    def walk(value: Any, path: str) -> Any:
+    def name_array(value: Any, path: str) -> Any:
         if isinstance(value, np.ndarray):
             tensors[path] = value
             return path
-        if isinstance(value, dict):
-            return {
-                key: walk(item, f"{path}.{key}" if path else key) for key, item in value.items()
-            }
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            return [walk(item, f"{path}.{index}") for index, item in enumerate(value)]
         return value
 
-    return walk(payload, ""), tensors
+    return _walk_arrays(payload, name_array), tensors
 
 
 def encode_safetensors(payload: dict[str, Any], precision: Precision = Precision()) -> bytes:
@@ -237,18 +245,12 @@ def decode_safetensors(data: bytes) -> dict[str, Any]:
     skeleton = json.loads(metadata[METADATA_KEY])
     tensors = load(data)
 
-    def walk(value: Any, path: str) -> Any:
-        if isinstance(value, str) and value == path and path in tensors:
-            return tensors[path]
-        if isinstance(value, dict):
-            return {
-                key: walk(item, f"{path}.{key}" if path else key) for key, item in value.items()
-            }
-        if isinstance(value, list) and value and isinstance(value[0], dict):
-            return [walk(item, f"{path}.{index}") for index, item in enumerate(value)]
-        return value
+    def array_of(value: Any, path: str) -> Any:
+        return (
+            tensors[path] if isinstance(value, str) and value == path and path in tensors else value
+        )
 
-    return walk(skeleton, "")
+    return _walk_arrays(skeleton, array_of)
 
 
 def encode_npy(array: np.ndarray, precision: Precision = Precision()) -> bytes:

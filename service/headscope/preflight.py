@@ -13,12 +13,12 @@ judge. Missing files are the loader's to report too, in its own words.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import struct
 from pathlib import Path
 
 from headscope.errors import StartupError
+from headscope.model.loading import sha256_of_files
 from headscope.settings import Settings
 
 # The loader's choice of weight files (runtime/loading.py): the first single file present, else
@@ -39,7 +39,7 @@ def check_artifacts(settings: Settings) -> None:
         if path.suffix == ".safetensors":
             check_safetensors(path)
     if weights and not settings.allow_missing_probes:
-        _check_probe_run(settings, _fingerprint(weights))
+        _check_probe_run(settings, sha256_of_files(weights))
 
 
 def check_safetensors(path: Path) -> None:
@@ -87,16 +87,6 @@ def _weight_files(directory: Path) -> list[Path]:
             paths = [directory / shard for shard in shards]
             return paths if all(path.is_file() for path in paths) else []
     return []
-
-
-def _fingerprint(paths: list[Path]) -> str:
-    """sha256 over the weight files' bytes in order: the model fingerprint probe runs record."""
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _read_manifest(run: Path) -> dict | None:
@@ -147,7 +137,7 @@ def _check_probe_run(settings: Settings, fingerprint: str) -> None:
         path = run / str(name)
         if Path(str(name)).name != name or not isinstance(entry, dict) or not path.is_file():
             continue  # the loader's artifact check names these
-        actual = _fingerprint([path])
+        actual = sha256_of_files([path])
         if actual != entry.get("sha256"):
             raise StartupError(
                 f"Probe run '{run}' failed the sha256 check: {name} has sha256 {actual[:16]}…, "
