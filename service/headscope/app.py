@@ -21,6 +21,7 @@ from headscope.middleware import install_middleware
 from headscope.routers import analysis, corpus, figures, health, model, probes
 from headscope.schemas import ErrorResponse
 from headscope.settings import Settings
+from headscope.viewer import install_viewer
 
 log = logging.getLogger("headscope")
 
@@ -165,6 +166,8 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
         '`{"error": {"code", "message", "detail"}}`.',
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        docs_url=None,  # /docs and /redoc: served offline by install_viewer
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.runtime = None
@@ -174,4 +177,5 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
     for router in (model.router, analysis.router, corpus.router, figures.router, probes.router):
         app.include_router(router, dependencies=protected)
     install_middleware(app, settings)
+    install_viewer(app)
     return app
