@@ -123,6 +123,7 @@ export const api = {
   probeRun: () => getJSON("/v1/probes"),
   // Tags and every head's activity, float32 exactly as the engine computed them.
   analyze: (text) => postTensors("/v1/analyze", { text }),
+  quotes: (text) => postJSON("/v1/corpus/quotes", { texts: [text] }),
   attentionRow: (text, layer, head, query) =>
     postJSON("/v1/attention", { text, layer, head, query }),
   // The whole pattern, for the heatmap only: half precision is plenty for a colour.

@@ -66,8 +66,11 @@ export function barChart(container, rows, { title, valueName, baselineName }) {
       group.append(node("line", { x1: bx, x2: bx, y1: y + 1, y2: y + rowHeight - 1, class: "baseline" }));
     }
     group.append(
-      node("text", { x: x(Math.max(row.value, row.ci?.[1] ?? 0)) + 4, y: y + 12, class: "bar-value" },
-        row.value.toFixed(3)),
+      node(
+        "text",
+        { x: x(Math.max(row.value, row.baseline ?? 0, row.ci?.[1] ?? 0)) + 4, y: y + 12, class: "bar-value" },
+        row.value.toFixed(3),
+      ),
     );
     svg.append(group);
   });

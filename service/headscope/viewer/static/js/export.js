@@ -36,7 +36,9 @@ export async function viewSVG(element) {
 export async function viewPNG(element, scale = 2) {
   const svg = await viewSVG(element);
   const image = new Image();
-  image.src = URL.createObjectURL(new Blob([svg], { type: "image/svg+xml" }));
+  // A data: URL, not a blob: one: chromium taints a canvas that drew a foreignObject SVG
+  // from a blob URL, and a tainted canvas cannot be exported.
+  image.src = `data:image/svg+xml;charset=utf-8,${encodeURIComponent(svg)}`;
   await image.decode();
   const canvas = document.createElement("canvas");
   canvas.width = image.width * scale;
@@ -45,7 +47,6 @@ export async function viewPNG(element, scale = 2) {
   context.fillStyle = "#ffffff";
   context.fillRect(0, 0, canvas.width, canvas.height);
   context.drawImage(image, 0, 0, canvas.width, canvas.height);
-  URL.revokeObjectURL(image.src);
   return new Promise((resolve) => canvas.toBlob(resolve, "image/png"));
 }
 

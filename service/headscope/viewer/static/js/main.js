@@ -9,7 +9,7 @@ import { download, viewPNG, viewSVG } from "./export.js";
 import { HeadGrid } from "./grid.js";
 import { drawHeatmap } from "./heatmap.js";
 import { DEFAULTS, hashFromState, headName, stateFromHash } from "./state.js";
-import { markQuoted, markSelected, quotedTokens, renderTokens, shadeTokens } from "./tokens.js";
+import { insideQuotes, markQuoted, markSelected, renderTokens, shadeTokens } from "./tokens.js";
 
 const $ = (id) => document.getElementById(id);
 
@@ -32,6 +32,7 @@ let heatmapShown = null; // "L2H0" of the pattern on the canvas
 const viewData = {}; // the numbers behind each view, for the JSON export
 const cache = new Map(); // probe score grids and corpus results, by request
 let renderCount = 0;
+let pending = 0; // user actions still loading or drawing
 const latest = {}; // per view: the newest request's number, so late answers are dropped
 
 // -- plumbing -----------------------------------------------------------------------------------
@@ -63,6 +64,22 @@ function rendered(what) {
   renderCount += 1;
   document.body.dataset.rendered = renderCount;
   document.dispatchEvent(new CustomEvent("headscope:rendered", { detail: { what, renderCount } }));
+}
+
+// Wraps what a user action starts: body[data-pending] counts those still running, and the
+// "headscope:idle" event marks the moment the page has caught up (tests and the bench wait on it).
+function tracked(action) {
+  return async (...args) => {
+    pending += 1;
+    document.body.dataset.pending = pending;
+    try {
+      return await action(...args);
+    } finally {
+      pending -= 1;
+      document.body.dataset.pending = pending;
+      if (!pending) document.dispatchEvent(new CustomEvent("headscope:idle"));
+    }
+  };
 }
 
 async function fresh(view, load) {
@@ -117,8 +134,10 @@ function optionList(select, values, chosen) {
 // -- analysis -----------------------------------------------------------------------------------
 
 async function analyzeText(text) {
-  const { metadata, tensors } = await api.analyze(text);
-  return { text, tokens: metadata.tokens, activity: tensors.activity.data };
+  const [{ metadata, tensors }, quotes] = await Promise.all([api.analyze(text), api.quotes(text)]);
+  const tokens = metadata.tokens;
+  const quoted = insideQuotes(tokens.length, quotes.spans);
+  return { text, tokens, quoted, activity: tensors.activity.data };
 }
 
 async function runAnalysis() {
@@ -149,7 +168,7 @@ async function runAnalysis() {
 
 function buildStrips() {
   for (const id of TOKEN_STRIPS) {
-    renderTokens($(id), analysis.tokens, { onSelect: selectToken, onHover: showHover });
+    renderTokens($(id), analysis.tokens, { onSelect: tracked(selectToken), onHover: showHover });
   }
   const strip = $("tokens-pos");
   const present = new Set();
@@ -158,9 +177,8 @@ function buildStrips() {
     strip.children[index].dataset.tag = token.tag;
     present.add(token.tag);
   });
-  const quoted = quotedTokens(analysis.tokens);
-  markQuoted($("tokens-activity"), quoted);
-  markQuoted($("tokens-compare-a"), quoted);
+  markQuoted($("tokens-activity"), analysis.quoted);
+  markQuoted($("tokens-compare-a"), analysis.quoted);
   renderLegend(present);
   for (const id of TOKEN_STRIPS) markSelected($(id), state.token);
   viewData.tokens = { text: analysis.text, tokens: analysis.tokens };
@@ -587,7 +605,7 @@ async function runComparison() {
       onSelect: () => {},
       onHover: () => {},
     });
-    markQuoted($("tokens-compare-b"), quotedTokens(comparison.tokens));
+    markQuoted($("tokens-compare-b"), comparison.quoted);
     saveState();
     await updateAll();
   } catch (error) {
@@ -693,9 +711,9 @@ function clampSelection() {
 }
 
 function bindControls() {
-  $("analyze").onclick = runAnalysis;
+  $("analyze").onclick = tracked(runAnalysis);
   $("text").onkeydown = (event) => {
-    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) runAnalysis();
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) tracked(runAnalysis)();
   };
   for (const [label, text] of EXAMPLES) {
     const option = document.createElement("option");
@@ -706,15 +724,15 @@ function bindControls() {
   $("example").onchange = () => {
     if (!$("example").value) return;
     $("text").value = $("example").value;
-    runAnalysis();
+    tracked(runAnalysis)();
   };
-  for (const tab of $("tabs").children) tab.onclick = () => showView(tab.dataset.view);
+  for (const tab of $("tabs").children) tab.onclick = tracked(() => showView(tab.dataset.view));
   const onChange = (id, field, read = String, then = paintGrid) => {
-    $(id).onchange = () => {
+    $(id).onchange = tracked(() => {
       state[field] = read($(id).value);
       saveState();
-      then();
-    };
+      return then();
+    });
   };
   onChange("measure", "measure");
   onChange("vector", "vector", String, () => Promise.all([paintGrid(), updateView()]));
@@ -725,18 +743,18 @@ function bindControls() {
   onChange("direction", "direction", String, updateView);
   onChange("position", "position", String, updateAll);
   onChange("sequences", "sequences", Number, updateAll);
-  $("corpus-run").onclick = updateView;
-  $("threshold").oninput = () => {
+  $("corpus-run").onclick = tracked(updateView);
+  $("threshold").oninput = tracked(() => {
     state.threshold = Number($("threshold").value);
     $("threshold-value").textContent = `${Math.round(state.threshold * 100)}%`;
     saveState();
-    updateView();
-  };
-  $("heatmap-button").onclick = showHeatmap;
-  $("compare-run").onclick = runComparison;
-  $("export-png").onclick = () => exportView("png");
-  $("export-svg").onclick = () => exportView("svg");
-  $("export-json").onclick = () => exportView("json");
+    return updateView();
+  });
+  $("heatmap-button").onclick = tracked(showHeatmap);
+  $("compare-run").onclick = tracked(runComparison);
+  $("export-png").onclick = tracked(() => exportView("png"));
+  $("export-svg").onclick = tracked(() => exportView("svg"));
+  $("export-json").onclick = tracked(() => exportView("json"));
   $("copy-link").onclick = async () => {
     saveState();
     try {
@@ -746,15 +764,15 @@ function bindControls() {
       setStatus(`Link: ${location.href}`);
     }
   };
-  $("key-button").onclick = async () => {
+  $("key-button").onclick = tracked(async () => {
     const key = await askForKey("Enter the server's API key.");
     if (key) {
       sessionStorage.setItem("headscope.apiKey", key);
       await start();
     }
-  };
+  });
   // A pasted permalink, or back/forward: the whole state from the URL.
-  window.addEventListener("hashchange", async () => {
+  window.addEventListener("hashchange", tracked(async () => {
     state = stateFromHash(location.hash);
     applyStateToControls();
     clampSelection();
@@ -762,7 +780,7 @@ function bindControls() {
     await showView(state.view);
     await runAnalysis();
     if (state.compare && state.view === "compare") await runComparison();
-  });
+  }));
 }
 
 async function start() {
@@ -781,7 +799,7 @@ async function start() {
   $("model-info").title = `weights sha256 ${model.weights_sha256}`;
   applyStateToControls();
   clampSelection();
-  grid = new HeadGrid($("grid"), model.n_layers, model.n_heads, selectHead);
+  grid = new HeadGrid($("grid"), model.n_layers, model.n_heads, tracked(selectHead));
   grid.select(state.layer, state.head);
   await showView(state.view);
   await runAnalysis();
@@ -792,4 +810,4 @@ async function start() {
 
 onKeyNeeded(askForKey);
 bindControls();
-start();
+tracked(start)();

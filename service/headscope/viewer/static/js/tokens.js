@@ -71,18 +71,13 @@ export function shadeTokens(container, values, color, { scale, boldAt = Infinity
   }
 }
 
-// The quotations of a text, from the tags: a token tagged `` opens one, '' closes it.
-export function quotedTokens(tokens) {
-  const inside = new Array(tokens.length).fill(false);
-  let open = false;
-  for (const token of tokens) {
-    if (token.tag === "``") {
-      open = true;
-    } else if (token.tag === "''") {
-      open = false;
-    } else if (open) {
-      inside[token.index] = true;
-    }
+// Which tokens lie inside a quotation, from POST /v1/corpus/quotes's spans (the API finds the
+// quote marks by character, so a closing mark merged into a token such as '."' still counts).
+export function insideQuotes(count, spans) {
+  const inside = new Array(count).fill(false);
+  for (const span of spans) {
+    const end = span.closing_token ?? count;
+    for (let t = span.opening_token + 1; t < end; t++) inside[t] = true;
   }
   return inside;
 }
