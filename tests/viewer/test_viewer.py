@@ -227,6 +227,15 @@ def test_local_layer_marks_the_window_edge(new_page, viewer_server, screenshots)
     page.screenshot(path=screenshots / "8-local-window.png")
 
 
+def test_an_api_error_is_shown_not_swallowed(new_page, viewer_server):
+    page = open_viewer(new_page, viewer_server)
+    limit = httpx.get(f"{viewer_server}/v1/model").json()["max_tokens"]
+    analyze(page, " cat" * (limit + 10))
+    status = page.inner_text("#status")
+    assert status.startswith("413 ") and str(limit) in status
+    assert "error" in page.get_attribute("#status", "class")
+
+
 def test_permalink_restores_the_same_state(new_page, viewer_server):
     page = open_viewer(new_page, viewer_server)
     analyze(page, TEXT)
