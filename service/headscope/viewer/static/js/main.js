@@ -31,7 +31,6 @@ let attentionRow = null; // { layer, head, query, weights }
 let heatmapShown = null; // "L2H0" of the pattern on the canvas
 const viewData = {}; // the numbers behind each view, for the JSON export
 const cache = new Map(); // probe score grids and corpus results, by request
-let renderCount = 0;
 let pending = 0; // user actions still loading or drawing
 const latest = {}; // per view: the newest request's number, so late answers are dropped
 
@@ -59,13 +58,6 @@ function reportError(error) {
   }
 }
 
-// Each update ends here: tests and the bench wait for this event.
-function rendered(what) {
-  renderCount += 1;
-  document.body.dataset.rendered = renderCount;
-  document.dispatchEvent(new CustomEvent("headscope:rendered", { detail: { what, renderCount } }));
-}
-
 // Wraps what a user action starts: body[data-pending] counts those still running, and the
 // "headscope:idle" event marks the moment the page has caught up (tests and the bench wait on it).
 function tracked(action) {
@@ -88,8 +80,15 @@ async function fresh(view, load) {
   return ticket === latest[view] ? result : undefined;
 }
 
+// One request per key for the page's life; a failed one is forgotten, so it can be retried.
 async function cached(key, load) {
-  if (!cache.has(key)) cache.set(key, load().catch((error) => { cache.delete(key); throw error; }));
+  if (!cache.has(key)) {
+    const loading = load().catch((error) => {
+      cache.delete(key);
+      throw error;
+    });
+    cache.set(key, loading);
+  }
   return cache.get(key);
 }
 
@@ -245,7 +244,6 @@ async function selectToken(index) {
   const work = [];
   if (state.measure === "activity-token") work.push(paintGrid());
   if (state.view === "attention") work.push(updateAttention());
-  else rendered("token");
   await Promise.all(work);
 }
 
@@ -274,7 +272,6 @@ async function paintGrid() {
     grid.paint(values, { centre, describe });
     $("grid-caption").textContent = caption;
     viewData.grid = { measure, caption, values };
-    rendered("grid");
   } catch (error) {
     reportError(error);
   }
@@ -371,7 +368,6 @@ async function updateView() {
       default:
         break;
     }
-    rendered(state.view);
   } catch (error) {
     reportError(error);
   }
@@ -417,7 +413,6 @@ async function updateAttention() {
     shadeTokens(strip, new Array(analysis.tokens.length).fill(0), () => "transparent");
     $("top-keys").replaceChildren();
     $("attention-caption").textContent = "Select a query token.";
-    rendered("attention");
     return;
   }
   const text = analysis.text;
@@ -458,7 +453,6 @@ async function updateAttention() {
     tokens: analysis.tokens.map((t) => t.text),
     weights,
   };
-  rendered("attention");
 }
 
 async function showHeatmap() {
@@ -474,7 +468,6 @@ async function showHeatmap() {
     heatmapShown = name;
     $("heatmap-caption").textContent =
       `${name}: ${size} × ${size}, query rows down, keys across; colour √weight (float16).`;
-    rendered("heatmap");
   } catch (error) {
     reportError(error);
   }
@@ -488,7 +481,6 @@ async function updateProbe() {
   if (!probeRun) {
     rows.replaceChildren();
     $("probe-caption").textContent = "This server has no probes loaded (see GET /readyz).";
-    rendered("probe");
     return;
   }
   if (!analysis) return;
@@ -528,7 +520,6 @@ async function updateProbe() {
     `Run ${response.run_id}: ${total - mismatches} of ${total} tokens agree with NLTK; ` +
     "mismatches highlighted.";
   viewData.probe = response;
-  rendered("probe");
 }
 
 // A confidence interval, if the API gives one: `<field>_ci` or `ci.<field>` as [low, high].
@@ -591,7 +582,6 @@ async function updateCorpus() {
     `${byTag.tag_tokens} ${corpusTag} tokens; activity averaged over ${activity.positions} ` +
     `positions ${position} ${corpusTag}.`;
   viewData.corpus = { attention_by_tag: byTag, activity_by_tag: activity };
-  rendered("corpus");
 }
 
 async function runComparison() {
