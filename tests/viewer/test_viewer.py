@@ -236,6 +236,37 @@ def test_an_api_error_is_shown_not_swallowed(new_page, viewer_server):
     assert "error" in page.get_attribute("#status", "class")
 
 
+def test_corpus_confidence_intervals_are_drawn_when_the_api_gives_them(
+    new_page, viewer_server, screenshots
+):
+    # The corpus endpoints have no `ci` fields yet: add them to the real answers on their way
+    # to the page, as [low, high] per row and per [layer][head].
+    def with_intervals(route):
+        answer = route.fetch()
+        body = answer.json()
+        if "rows" in body:
+            for row in body["rows"]:
+                row["ci"] = {"attention": [0.9 * row["attention"], 1.1 * row["attention"]]}
+        else:
+            means = body["mean_at_position"]
+            body["ci"] = {"mean_at_position": [[[0.8 * m, 1.2 * m] for m in row] for row in means]}
+        route.fulfill(response=answer, json=body)
+
+    page = new_page()
+    page.route("**/v1/corpus/*-by-tag", with_intervals)
+    page.goto(f"{viewer_server}/#view=corpus&ctag=DT&n=4")
+    settle(page)
+    bars = page.locator("#chart-attention rect.bar[data-value]").count()
+    # A whisker and its two ends per bar.
+    assert page.locator("#chart-attention line.ci").count() == 3 * bars > 0
+    assert page.locator("#chart-activity line.ci").count() == 3 * 16
+    whisker = page.locator("#chart-activity .highlight line.ci").first
+    value = float(page.get_attribute("#chart-activity .highlight rect.bar", "data-value"))
+    low, high = (float(whisker.get_attribute(end)) for end in ("x1", "x2"))
+    assert high > low and value > 0
+    page.screenshot(path=screenshots / "5b-corpus-intervals.png", full_page=True)
+
+
 def test_permalink_restores_the_same_state(new_page, viewer_server):
     page = open_viewer(new_page, viewer_server)
     analyze(page, TEXT)

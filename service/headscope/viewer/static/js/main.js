@@ -522,9 +522,11 @@ async function updateProbe() {
   viewData.probe = response;
 }
 
-// A confidence interval, if the API gives one: `<field>_ci` or `ci.<field>` as [low, high].
+// A confidence interval, if the API gives one, as [low, high]: `<field>_ci`, `ci.<field>`, or
+// `ci` itself (the corpus endpoints may add these; until then nothing is drawn).
 function intervalOf(item, field) {
-  const interval = item?.[`${field}_ci`] ?? item?.ci?.[field] ?? null;
+  const ci = item?.ci;
+  const interval = item?.[`${field}_ci`] ?? (Array.isArray(ci) ? ci : ci?.[field]) ?? null;
   return Array.isArray(interval) && interval.length === 2 ? interval : null;
 }
 
@@ -563,12 +565,13 @@ async function updateCorpus() {
     valueName: "attention",
     baselineName: "uniform attention",
   });
-  const overallCi = activity.ci?.mean_at_position ?? activity.mean_at_position_ci;
+  // [layer][head][low, high], when the API gives them.
+  const intervals = activity.mean_at_position_ci ?? activity.ci?.mean_at_position ?? null;
   const activityRows = Array.from({ length: model.n_heads }, (_, h) => ({
     label: headName(layer, h),
     value: activity.mean_at_position?.[layer][h] ?? 0,
     baseline: activity.mean_overall[layer][h],
-    ci: Array.isArray(overallCi?.[layer]?.[h]) ? overallCi[layer][h] : null,
+    ci: intervalOf({ ci: intervals?.[layer]?.[h] }, "mean_at_position"),
     highlight: h === head,
   }));
   barChart($("chart-activity"), activityRows, {
