@@ -124,11 +124,8 @@ export const api = {
   // Tags and every head's activity, float32 exactly as the engine computed them.
   analyze: (text) => postTensors("/v1/analyze", { text }),
   quotes: (text) => postJSON("/v1/corpus/quotes", { texts: [text] }),
-  attentionRow: (text, layer, head, query) =>
-    postJSON("/v1/attention", { text, layer, head, query }),
-  // The whole pattern, for the heatmap only: half precision is plenty for a colour.
-  attentionPattern: (text, layer, head) =>
-    postTensors("/v1/attention", { text, layer, head, dtype: "float16" }),
+  // One head's whole pattern, float32 as the engine computed it (safetensors: no decimal text).
+  attentionPattern: (text, layer, head) => postTensors("/v1/attention", { text, layer, head }),
   probeScores: (vector, tag, metric) =>
     getJSON(`/v1/probes/scores?${new URLSearchParams({ vector, tag, metric })}`),
   probePredict: (text, vector, layer, head) =>

@@ -1,6 +1,7 @@
 // The viewer: state, data and the six views. It fetches only what the shown view needs: one
-// analysis per text (tags + every head's activity), one attention row per selected token, the
-// full pattern only for the heatmap, and corpus or probe numbers when their view or measure asks.
+// analysis per text (tags + every head's activity), the selected head's attention pattern while
+// the attention view is open (so choosing a query token costs no request), and corpus or probe
+// numbers when their view or measure asks.
 
 import { ApiError, api, onKeyNeeded } from "./api.js";
 import { barChart } from "./charts.js";
@@ -29,6 +30,8 @@ let comparison = null; // the same for text B
 let grid = null;
 let attentionRow = null; // { layer, head, query, weights }
 let heatmapShown = null; // "L2H0" of the pattern on the canvas
+const patterns = new Map(); // "L2H0" -> Promise of the pattern, Float32Array [query, key]
+const PATTERNS_KEPT = 8;
 const viewData = {}; // the numbers behind each view, for the JSON export
 const cache = new Map(); // probe score grids and corpus results, by request
 let pending = 0; // user actions still loading or drawing
@@ -153,6 +156,7 @@ async function runAnalysis() {
     if (state.token !== null && state.token >= analysis.tokens.length) state.token = null;
     attentionRow = null;
     heatmapShown = null;
+    patterns.clear();
     $("heatmap").width = 0;
     $("heatmap").height = 0;
     $("heatmap-caption").textContent = "";
@@ -415,10 +419,10 @@ async function updateAttention() {
     $("attention-caption").textContent = "Select a query token.";
     return;
   }
-  const text = analysis.text;
-  const response = await fresh("attention", () => api.attentionRow(text, layer, head, token));
-  if (!response) return;
-  const weights = response.pattern[0];
+  const pattern = await fresh("attention", () => patternOf(layer, head));
+  if (!pattern) return;
+  const size = analysis.tokens.length;
+  const weights = Array.from(pattern.subarray(token * size, (token + 1) * size));
   attentionRow = { layer, head, query: token, weights };
   shadeTokens(strip, weights, (f) => shade(ATTENTION_RGB, f), { scale: Math.max(...weights) });
   const firstVisible = local ? Math.max(0, token - model.window_size + 1) : 0;
@@ -455,19 +459,37 @@ async function updateAttention() {
   };
 }
 
+// One head's whole pattern for the current text: float32 safetensors, the engine's numbers.
+// The last few heads' patterns are kept, so going back to a head costs no request.
+function patternOf(layer, head) {
+  const name = headName(layer, head);
+  if (!patterns.has(name)) {
+    const text = analysis.text;
+    const loading = api.attentionPattern(text, layer, head).then(
+      (result) => result.tensors.pattern.data,
+      (error) => {
+        patterns.delete(name);
+        throw error;
+      },
+    );
+    patterns.set(name, loading);
+    if (patterns.size > PATTERNS_KEPT) patterns.delete(patterns.keys().next().value);
+  }
+  return patterns.get(name);
+}
+
 async function showHeatmap() {
   if (!analysis) return;
   const { layer, head } = state;
   const name = headName(layer, head);
-  $("heatmap-caption").textContent = `Loading ${name}'s pattern…`;
   try {
-    const result = await fresh("heatmap", () => api.attentionPattern(analysis.text, layer, head));
-    if (!result) return;
+    const pattern = await fresh("heatmap", () => patternOf(layer, head));
+    if (!pattern) return;
     const size = analysis.tokens.length;
-    drawHeatmap($("heatmap"), result.tensors.pattern.data, size);
+    drawHeatmap($("heatmap"), pattern, size);
     heatmapShown = name;
     $("heatmap-caption").textContent =
-      `${name}: ${size} × ${size}, query rows down, keys across; colour √weight (float16).`;
+      `${name}: ${size} × ${size}, query rows down, keys across; colour √weight.`;
   } catch (error) {
     reportError(error);
   }
