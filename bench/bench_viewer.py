@@ -4,8 +4,9 @@
 Measured in the page with `performance.now()`: first contentful paint of `/` and the time until
 the viewer has drawn its first analysis; then, on a 128-token and a 512-token text, how long a
 click takes to update the view (the viewer's own "idle" event after the action, then the next
-frame), for selecting a head (activity view: no request; attention and probe views: one
-request each) and selecting a token (attention view: one row request). Targets (issue 17):
+frame), for selecting a head (activity view: no request; attention view: the head's whole
+pattern; probe view: one prediction) and selecting a token (attention view: no request, the
+pattern is loaded). Targets (issue 17):
 first paint < 1 s, an interaction on 128 tokens < 100 ms, on 512 tokens < 300 ms.
 
     python bench/bench_viewer.py --probes models_store/<run_id>   # or --url http://127.0.0.1:8000
@@ -101,7 +102,9 @@ def measure(base_url: str, chromium: str, repeats: int, probes: bool) -> list[li
             page.click(f"#tokens-attention-t{length // 2}")
             settle(page)
             handled, framed = timed_clicks(page, heads)
-            rows.append(["select head, attention view (1 row)", length, *summary(framed), target])
+            rows.append(
+                ["select head, attention view (its pattern)", length, *summary(framed), target]
+            )
             tokens = [f"#tokens-attention-t{(i * 37) % length}" for i in range(repeats)]
             handled, framed = timed_clicks(page, tokens)
             rows.append(["select token, attention view", length, *summary(framed), target])
