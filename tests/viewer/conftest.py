@@ -76,8 +76,6 @@ def viewer_server(probe_run_dir) -> Iterator[str]:
         str(probe_run_dir),
         "--corpus",
         str(CORPUS),
-        "--store",
-        str(Path(probe_run_dir).parent),
     ) as (base_url, _process):
         yield base_url
 
