@@ -22,6 +22,7 @@ from headscope.api.routes import analysis, corpus, figures, health, model, probe
 from headscope.errors import HeadscopeError
 from headscope.schemas import ErrorResponse
 from headscope.settings import Settings
+from headscope.viewer import install_viewer
 
 log = logging.getLogger("headscope")
 
@@ -166,6 +167,8 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
         '`{"error": {"code", "message", "detail"}}`.',
         lifespan=lifespan,
         responses=ERROR_RESPONSES,
+        docs_url=None,  # /docs and /redoc: served offline by install_viewer
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.runtime = None
@@ -177,4 +180,5 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
     # The lean path sits innermost, behind every guard that install_middleware adds.
     app.add_middleware(LeanRoutes)
     install_middleware(app, settings)
+    install_viewer(app)
     return app

@@ -81,6 +81,10 @@ class Token(BaseModel):
 
 
 class TagRequest(TextRequest):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": 'Tom said, "I like the lake."'}]}
+    )
+
     alignment: Alignment = Field(
         default="overlap",
         description="How word tags map to model tokens. `overlap` (default): sentences split "
@@ -95,6 +99,12 @@ class TagResponse(BaseModel):
 
 
 class ActivityRequest(OutputOptions, TextRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"text": "Lily walked to the park.", "layers": [6], "heads": [4]}]
+        }
+    )
+
     layers: list[int] | None = Field(
         default=None, description="Layers to report, from 0. Default: all layers."
     )
@@ -114,6 +124,14 @@ class ActivityResponse(BaseModel):
 
 
 class AttentionRequest(PatternOutputOptions, TextRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"text": 'She said, "Look at the ball!"', "layer": 2, "head": 0, "query": 7}
+            ]
+        }
+    )
+
     layer: int = Field(description="Layer, from 0.")
     head: int = Field(description="Head within the layer, from 0.")
     query: int | None = Field(
@@ -140,6 +158,12 @@ class HeadRef(BodyModel):
 
 
 class AnalyzeRequest(PatternOutputOptions, TextRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"text": "His dog ate the bone.", "patterns": [{"layer": 5, "head": 5}]}]
+        }
+    )
+
     patterns: list[HeadRef] = Field(
         default_factory=list,
         description="Heads whose full attention pattern to return. Activity is always returned "

@@ -120,8 +120,17 @@ class CorpusSource(BaseModel):
 
 
 class AttentionByTagRequest(CorpusSourceRequest):
-    layer: int = Field(description="Layer, from 0.")
-    head: int = Field(description="Head within the layer, from 0.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"layer": 6, "head": 4, "from_tag": "VBD", "n_sequences": 2},
+                {"layer": 2, "head": 0, "to_tag": "``", "texts": ['Tom said, "Hi!"']},
+            ]
+        }
+    )
+
+    layer: int = Field(description="Layer, from 0.", examples=[6])
+    head: int = Field(description="Head within the layer, from 0.", examples=[4])
     from_tag: str | None = Field(
         default=None,
         description="Query tag A: report, for each tag B, where tokens tagged A put their "
@@ -185,7 +194,15 @@ class AttentionByTagResponse(BaseModel):
 
 
 class ActivityByTagRequest(CorpusSourceRequest):
-    tag: str = Field(description="Penn Treebank tag (as in POST /v1/tag), or NONE.")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"tag": "VBD", "position": "before", "n_sequences": 2, "seed": 0}]
+        }
+    )
+
+    tag: str = Field(
+        description="Penn Treebank tag (as in POST /v1/tag), or NONE.", examples=["VBD"]
+    )
     position: Position = Field(
         default="on",
         description="Which tokens to average over, relative to runs of consecutive tokens tagged "
@@ -218,7 +235,9 @@ class ActivityByTagResponse(BaseModel):
 
 
 class QuotesRequest(CorpusSourceRequest):
-    pass
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"texts": ['Lily said, "I want to play." Then she ran.']}]}
+    )
 
 
 class QuoteSpan(BaseModel):
@@ -270,7 +289,10 @@ class QuotesResponse(BaseModel):
 
 
 class HeadRankQuery(RequestModel):
-    tag: str = Field(description="Penn Treebank tag, e.g. VBD: probes for it and activity near it.")
+    tag: str = Field(
+        description="Penn Treebank tag, e.g. VBD: probes for it and activity near it.",
+        examples=["VBD"],
+    )
     vector: str = Field(
         default="key", description="Which probed vector: one of the probe run's vectors."
     )
@@ -345,9 +367,12 @@ class FigureSize(RequestModel):
 
 
 class ActivityFigureQuery(FigureSize):
-    text: str = Field(description="The text, at most `max_tokens` tokens.")
-    layer: int = Field(description="Layer, from 0.")
-    head: int = Field(description="Head within the layer, from 0.")
+    text: str = Field(
+        description="The text, at most `max_tokens` tokens.",
+        examples=['Tom said, "I like the lake." Then he ran.'],
+    )
+    layer: int = Field(description="Layer, from 0.", examples=[2])
+    head: int = Field(description="Head within the layer, from 0.", examples=[0])
     bold_fraction: float = Field(
         default=0.5,
         ge=0,
@@ -359,9 +384,12 @@ class ActivityFigureQuery(FigureSize):
 
 
 class AttentionFigureQuery(FigureSize):
-    text: str = Field(description="The text, at most `max_tokens` tokens.")
-    layer: int = Field(description="Layer, from 0.")
-    head: int = Field(description="Head within the layer, from 0.")
+    text: str = Field(
+        description="The text, at most `max_tokens` tokens.",
+        examples=['She said, "Look at the ball!"'],
+    )
+    layer: int = Field(description="Layer, from 0.", examples=[2])
+    head: int = Field(description="Head within the layer, from 0.", examples=[0])
     query: int | None = Field(
         default=None, description="Query token whose attention row is drawn. Default: the last."
     )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from headscope.schemas.core import TextRequest, Token
 
@@ -111,6 +111,12 @@ class ProbeScores(BaseModel):
 
 
 class ProbePredictRequest(TextRequest):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"text": "Tom ran home.", "vector": "key", "layer": 6, "head": 4}]
+        }
+    )
+
     vector: ProbeVector = Field(description="Which of the head's vectors the probe reads.")
     layer: int = Field(description="Layer, from 0.")
     head: int = Field(description="Head within the layer, from 0.")
