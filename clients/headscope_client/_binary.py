@@ -1,0 +1,93 @@
+"""The server's binary answers, read into numpy arrays: safetensors (every array of a result) and
+npy (the one array of /v1/activity or /v1/attention).
+
+A safetensors answer holds each array as a tensor named by its place in the JSON
+(`activity`, `pattern`, `patterns.0.pattern`) and the rest of the JSON in the header's metadata,
+under `headscope`, with each array replaced by its tensor's name (`headscope.encoding` on the
+server). numpy and safetensors are imported here only, when a binary answer arrives, so the base
+install (httpx + pydantic) never needs them.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import struct
+from typing import Any
+
+JSON = "application/json"
+NPY = "application/x-npy"
+SAFETENSORS = "application/x-safetensors"
+METADATA_KEY = "headscope"
+
+# A path into a result: field names and list indices, e.g. ("patterns", 0, "pattern").
+Path = tuple[str | int, ...]
+
+
+def binary_libraries_missing() -> str | None:
+    """Why the binary formats cannot be read here (a pip hint), or None when they can."""
+    try:
+        import numpy  # noqa: F401
+        import safetensors.numpy  # noqa: F401
+    except ImportError as err:
+        return f"{err.name} is not installed: pip install 'headscope[numpy]'"
+    return None
+
+
+def decode_safetensors(data: bytes) -> tuple[dict[str, Any], dict[Path, Any]]:
+    """(the JSON fields with each array replaced by an empty list, {path: array}).
+
+    The arrays keep the dtype the server sent (float32, or float16 when asked for)."""
+    from safetensors.numpy import load
+
+    (header_length,) = struct.unpack("<Q", data[:8])
+    metadata = json.loads(data[8 : 8 + header_length]).get("__metadata__") or {}
+    if METADATA_KEY not in metadata:
+        raise ValueError(f"the safetensors header has no {METADATA_KEY!r} metadata")
+    skeleton = json.loads(metadata[METADATA_KEY])
+    tensors = load(data)
+    arrays: dict[Path, Any] = {}
+    fields = _replace_arrays(skeleton, (), tensors, arrays)
+    if len(arrays) != len(tensors):
+        unplaced = sorted(set(tensors) - {_tensor_name(path) for path in arrays})
+        raise ValueError(f"tensors not named in the metadata: {', '.join(unplaced)}")
+    return fields, arrays
+
+
+def _tensor_name(path: Path) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def _replace_arrays(
+    value: Any, path: Path, tensors: dict[str, Any], arrays: dict[Path, Any]
+) -> Any:
+    # The server names each array by its path and walks lists only when they hold objects.
+    if isinstance(value, str) and path and value == _tensor_name(path) and value in tensors:
+        arrays[path] = tensors[value]
+        return []
+    if isinstance(value, dict):
+        return {
+            key: _replace_arrays(item, (*path, key), tensors, arrays) for key, item in value.items()
+        }
+    if isinstance(value, list) and value and isinstance(value[0], dict):
+        return [
+            _replace_arrays(item, (*path, index), tensors, arrays)
+            for index, item in enumerate(value)
+        ]
+    return value
+
+
+def decode_npy(data: bytes) -> Any:
+    import numpy
+
+    return numpy.load(io.BytesIO(data), allow_pickle=False)
+
+
+def place_arrays(result: Any, arrays: dict[Path, Any]) -> None:
+    """Put each array at its path in a parsed result, in place of the empty list."""
+    for path in arrays:
+        owner = result
+        for part in path[:-1]:
+            owner = owner[part] if isinstance(part, int) else getattr(owner, part)
+        # Plain assignment: the models do not validate on assignment, so the array stays as is.
+        setattr(owner, str(path[-1]), arrays[path])
