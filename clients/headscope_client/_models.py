@@ -102,6 +102,12 @@ class EngineArrays(BaseModel):
 
     _dtype: str = PrivateAttr(default="float32")
 
+    def __eq__(self, other: object) -> bool:
+        # Compared as dumped, where arrays are lists: numpy's == would answer with an array.
+        if not isinstance(other, EngineArrays) or type(other) is not type(self):
+            return NotImplemented
+        return self._dtype == other._dtype and self.model_dump() == other.model_dump()
+
     def _array(self, values: Any, dtype: Any) -> np.ndarray:
         # An array from safetensors already has the dtype: asarray hands it over, no copy.
         return _numpy().asarray(values, dtype=dtype if dtype is not None else self._dtype)
