@@ -253,8 +253,12 @@ class Client(BaseClient):
                 finally:
                     bar.update()
 
-            with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            pool = ThreadPoolExecutor(max_workers=concurrency)
+            try:
                 return list(pool.map(outcome, calls))
+            finally:
+                # Interrupted (Ctrl-C), the texts not yet sent are dropped, not waited for.
+                pool.shutdown(cancel_futures=True)
 
     def probes(self) -> models.ProbeRunInfo:
         """GET /v1/probes: the loaded probe run (tags, vectors, corpus, split, overall scores)."""

@@ -7,6 +7,10 @@ the last bit."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+
 import httpx
 import numpy as np
 import pytest
@@ -147,3 +151,18 @@ async def test_async_client_reads_the_same_binary_answers(aclient, client):
     assert result == client.analyze(TEXT, **options)
     array = await aclient.attention(TEXT, 3, 3, format="npy", dtype="float16", decimals=2)
     np.testing.assert_array_equal(bits(array), bits(result.pattern(3, 3)))
+
+
+def test_the_binary_path_and_the_frames_pull_in_no_torch(live_server):
+    code = (
+        "import json, sys\n"
+        "from headscope_client import Client\n"
+        f"with Client({live_server!r}) as client:\n"
+        "    result = client.analyze('Tom ran.', patterns=[(0, 0)], format='safetensors')\n"
+        "    result.to_numpy(); result.to_pandas(); client.analyze_many(['Sue sat.'])\n"
+        "heavy = ['torch', 'transformers', 'fastapi', 'starlette', 'uvicorn', 'orjson']\n"
+        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout) == []
