@@ -367,7 +367,7 @@ def _attach_extras(frame: pd.DataFrame, result: BaseModel, shape: tuple[int, ...
         frame.attrs[name] = value
 
 
-def _grid_shape(value: Any) -> tuple[int, ...] | None:
+def _grid_shape(value: Any) -> tuple[int, int] | None:
     is_grid = (
         isinstance(value, list)
         and bool(value)
@@ -382,7 +382,7 @@ def head_statistics_frame(result: BaseModel, names: Sequence[str]) -> pd.DataFra
     server sent null), its intervals and the other extra fields when the server gave them."""
     numpy, pandas = _numpy(), _pandas()
     grids = {name: getattr(result, name) for name in names}
-    shapes = [_grid_shape(grid) for grid in grids.values() if grid is not None]
+    shapes = [shape for grid in grids.values() if (shape := _grid_shape(grid)) is not None]
     if not shapes:  # every grid null: nothing was counted (no quotations, say)
         frame = pandas.DataFrame(columns=["layer", "head", *names])
         _attach_extras(frame, result)
