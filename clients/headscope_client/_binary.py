@@ -11,9 +11,10 @@ install (httpx + pydantic) never needs them.
 from __future__ import annotations
 
 import io
-import json
 import struct
 from typing import Any
+
+from pydantic_core import from_json
 
 JSON = "application/json"
 NPY = "application/x-npy"
@@ -41,40 +42,29 @@ def decode_safetensors(data: bytes) -> tuple[dict[str, Any], dict[Path, Any]]:
     from safetensors.numpy import load
 
     (header_length,) = struct.unpack("<Q", data[:8])
-    metadata = json.loads(data[8 : 8 + header_length]).get("__metadata__") or {}
+    metadata = from_json(data[8 : 8 + header_length]).get("__metadata__") or {}
     if METADATA_KEY not in metadata:
         raise ValueError(f"the safetensors header has no {METADATA_KEY!r} metadata")
-    skeleton = json.loads(metadata[METADATA_KEY])
-    tensors = load(data)
-    arrays: dict[Path, Any] = {}
-    fields = _replace_arrays(skeleton, (), tensors, arrays)
-    if len(arrays) != len(tensors):
-        unplaced = sorted(set(tensors) - {_tensor_name(path) for path in arrays})
-        raise ValueError(f"tensors not named in the metadata: {', '.join(unplaced)}")
+    fields = from_json(metadata[METADATA_KEY])
+    arrays = {_place_of(fields, name): array for name, array in load(data).items()}
     return fields, arrays
 
 
-def _tensor_name(path: Path) -> str:
-    return ".".join(str(part) for part in path)
-
-
-def _replace_arrays(
-    value: Any, path: Path, tensors: dict[str, Any], arrays: dict[Path, Any]
-) -> Any:
-    # The server names each array by its path and walks lists only when they hold objects.
-    if isinstance(value, str) and path and value == _tensor_name(path) and value in tensors:
-        arrays[path] = tensors[value]
-        return []
-    if isinstance(value, dict):
-        return {
-            key: _replace_arrays(item, (*path, key), tensors, arrays) for key, item in value.items()
-        }
-    if isinstance(value, list) and value and isinstance(value[0], dict):
-        return [
-            _replace_arrays(item, (*path, index), tensors, arrays)
-            for index, item in enumerate(value)
-        ]
-    return value
+def _place_of(fields: dict[str, Any], name: str) -> Path:
+    """The path of tensor `name` in the JSON fields, where the server left the name itself; the
+    name is replaced by an empty list there (the parsed result's placeholder)."""
+    path: Path = tuple(int(part) if part.isdigit() else part for part in name.split("."))
+    owner: Any = fields
+    try:
+        for part in path[:-1]:
+            owner = owner[part]
+        found = owner[path[-1]]
+    except (KeyError, IndexError, TypeError):
+        found = None
+    if found != name:
+        raise ValueError(f"tensor {name!r} is not named in the metadata")
+    owner[path[-1]] = []
+    return path
 
 
 def decode_npy(data: bytes) -> Any:
