@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import common
 import httpx
+import psutil
 from bench_http import load, server
 
 from headscope_client import AsyncClient, Client, HeadscopeError
@@ -86,7 +87,32 @@ def all_patterns(base_url: str) -> list[list[object]]:
     return rows
 
 
-def batch_runs(base_url: str, count: int) -> tuple[list[list[object]], dict]:
+def server_cpu(process: psutil.Process) -> float:
+    """CPU seconds of the server and its children (the tagger process) so far."""
+    total = sum(process.cpu_times()[:2])
+    for child in process.children(recursive=True):
+        total += sum(child.cpu_times()[:2])
+    return total
+
+
+class CpuMeter:
+    """CPU seconds spent, during a block, by this process (the client) and by the server."""
+
+    def __init__(self, process: psutil.Process) -> None:
+        self.process = process
+
+    def __enter__(self) -> CpuMeter:
+        self.client, self.server = time.process_time(), server_cpu(self.process)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.client = time.process_time() - self.client
+        self.server = server_cpu(self.process) - self.server
+
+
+def batch_runs(
+    base_url: str, process: psutil.Process, count: int
+) -> tuple[list[list[object]], dict]:
     runs: list[tuple[str, str, int, Callable[[list[str]], list]]] = []
     client = Client(base_url)
 
@@ -113,37 +139,45 @@ def batch_runs(base_url: str, count: int) -> tuple[list[list[object]], dict]:
     texts = common.window_texts(128, count * (len(runs) + 2) + 1, stride=32)
     client.analyze(texts.pop())  # warm-up, on a text no row sends
 
-    def server_rate() -> dict:
+    def server_rate() -> tuple[dict, CpuMeter]:
         bodies = [{"text": text} for text in texts[:count]]
         del texts[:count]
-        return asyncio.run(load(base_url, "/v1/analyze", bodies, 8))
+        with CpuMeter(process) as cpu:
+            result = asyncio.run(load(base_url, "/v1/analyze", bodies, 8))
+        return result, cpu
 
-    before = server_rate()
+    def cpu_cells(cpu: CpuMeter) -> list[object]:
+        return [cpu.client / count * 1e3, cpu.server / count * 1e3]
+
+    before, before_cpu = server_rate()
     measured = []
     for label, format, concurrency, function in runs:
         batch = texts[:count]
         del texts[:count]
-        start = time.perf_counter()
-        results = function(batch)
-        seconds = time.perf_counter() - start
+        with CpuMeter(process) as cpu:
+            start = time.perf_counter()
+            results = function(batch)
+            seconds = time.perf_counter() - start
         errors = sum(isinstance(result, HeadscopeError) for result in results)
-        measured.append((label, format, concurrency, seconds, errors))
-    after = server_rate()
+        measured.append((label, format, concurrency, seconds, errors, cpu))
+    after, after_cpu = server_rate()
     client.close()
 
     reference = (before["rps"] + after["rps"]) / 2
+    raw = "server, 8 raw clients (bench_http.load)"
     rows: list[list[object]] = [
-        ["server, 8 raw clients (bench_http.load), before", "json", 8, count, "",
-         before["rps"], "100%", sum(before["errors"].values())],
+        [f"{raw}, before", "json", 8, count, count / before["rps"], before["rps"], "100%",
+         *cpu_cells(before_cpu), sum(before["errors"].values())],
     ]  # fmt: skip
-    for label, format, concurrency, seconds, errors in measured:
+    for label, format, concurrency, seconds, errors, cpu in measured:
         rate = count / seconds
+        share = f"{rate / reference:.0%}"
         rows.append(
-            [label, format, concurrency, count, seconds, rate, f"{rate / reference:.0%}", errors]
+            [label, format, concurrency, count, seconds, rate, share, *cpu_cells(cpu), errors]
         )
     rows.append(
-        ["server, 8 raw clients (bench_http.load), after", "json", 8, count, "",
-         after["rps"], "100%", sum(after["errors"].values())]
+        [f"{raw}, after", "json", 8, count, count / after["rps"], after["rps"], "100%",
+         *cpu_cells(after_cpu), sum(after["errors"].values())]
     )  # fmt: skip
     return rows, {"server_rps_before": before, "server_rps_after": after}
 
@@ -154,9 +188,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     parser.add_argument("--json", type=str, default=None, help="also write results here")
     args = parser.parse_args(argv)
 
-    with server() as (base_url, _, _):
+    with server() as (base_url, process, _):
         pattern_rows = all_patterns(base_url)
-        batch_rows, extra = batch_runs(base_url, args.count)
+        batch_rows, extra = batch_runs(base_url, process, args.count)
 
     print(f"\n### The Python client on 127.0.0.1 ({common.machine_description()})\n")
     print("512 tokens, POST /v1/analyze with all 128 patterns, through the client to numpy:\n")
@@ -169,7 +203,18 @@ def main(argv: Sequence[str] | None = None) -> dict:
     print(f"\n`analyze_many`, {args.count} distinct 128-token texts per row, no patterns:\n")
     print(
         common.markdown_table(
-            ["run", "format", "concurrency", "texts", "s", "texts/s", "of server x8", "errors"],
+            [
+                "run",
+                "format",
+                "concurrency",
+                "texts",
+                "s",
+                "texts/s",
+                "of server x8",
+                "client CPU ms/text",
+                "server CPU ms/text",
+                "errors",
+            ],  # fmt: skip
             batch_rows,
         )
     )

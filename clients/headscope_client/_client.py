@@ -233,13 +233,14 @@ class Client(BaseClient):
         decimals: int | None = None,
         top_k: int | None = None,
         threshold: float | None = None,
-        format: ResultFormat = "json",
+        format: ResultFormat = "auto",
         concurrency: int = 8,
         progress: bool = False,
     ) -> list[models.AnalyzeResult | HeadscopeError]:
         """`analyze` on each text, `concurrency` at a time over one connection pool: the
         results in the order of `texts`, each a result or the error that text met (after the
-        usual retries), so one bad text never stops the batch. `progress`: a tqdm bar."""
+        usual retries), so one bad text never stops the batch. `format` defaults to `auto`:
+        safetensors when numpy and safetensors are installed. `progress`: a tqdm bar."""
         calls = self._analyze_many_calls(
             texts, patterns, dtype, decimals, top_k, threshold, format, concurrency
         )
@@ -614,13 +615,14 @@ class AsyncClient(BaseClient):
         decimals: int | None = None,
         top_k: int | None = None,
         threshold: float | None = None,
-        format: ResultFormat = "json",
+        format: ResultFormat = "auto",
         concurrency: int = 8,
         progress: bool = False,
     ) -> list[models.AnalyzeResult | HeadscopeError]:
         """`analyze` on each text, `concurrency` at a time over one connection pool: the
         results in the order of `texts`, each a result or the error that text met (after the
-        usual retries), so one bad text never stops the batch. `progress`: a tqdm bar."""
+        usual retries), so one bad text never stops the batch. `format` defaults to `auto`:
+        safetensors when numpy and safetensors are installed. `progress`: a tqdm bar."""
         calls = self._analyze_many_calls(
             texts, patterns, dtype, decimals, top_k, threshold, format, concurrency
         )
