@@ -10,6 +10,7 @@ install (httpx + pydantic) never needs them.
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 from typing import Any
@@ -25,8 +26,11 @@ METADATA_KEY = "headscope"
 Path = tuple[str | int, ...]
 
 
+@functools.cache
 def binary_libraries_missing() -> str | None:
-    """Why the binary formats cannot be read here (a pip hint), or None when they can."""
+    """Why the binary formats cannot be read here (a pip hint), or None when they can.
+
+    Asked once: Python does not remember failed imports, and `auto` asks on every call."""
     try:
         import numpy  # noqa: F401
         import safetensors.numpy  # noqa: F401

@@ -166,3 +166,23 @@ def test_the_binary_path_and_the_frames_pull_in_no_torch(live_server):
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert json.loads(run.stdout) == []
+
+
+def test_without_safetensors_auto_is_json_and_safetensors_says_what_to_install(live_server):
+    code = (
+        "import sys\n"
+        "sys.modules['safetensors'] = None  # as if it were not installed\n"
+        "from headscope_client import Client\n"
+        f"with Client({live_server!r}) as client:\n"
+        "    [result] = client.analyze_many(['Tom ran.'])\n"
+        "    print(type(result.activity).__name__)\n"
+        "    try:\n"
+        "        client.analyze('Tom ran.', format='safetensors')\n"
+        "    except ImportError as error:\n"
+        "        print(error)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    kind, hint = run.stdout.splitlines()
+    assert kind == "list"
+    assert "pip install 'headscope[numpy]'" in hint
