@@ -13,7 +13,7 @@ client was written (confidence intervals, warnings) and show them in `to_pandas(
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, PrivateAttr, SerializerFunctionWrapHandler
 from pydantic import WrapSerializer as _WrapSerializer
@@ -91,6 +91,9 @@ def _lists(value: Any, handler: SerializerFunctionWrapHandler) -> Any:
         return value.tolist()
     return handler(value)
 
+
+# Long: one row per (layer, head, token); wide: one row per token, one column per head.
+Layout = Literal["long", "wide"]
 
 _AsLists = _WrapSerializer(_lists)
 Matrix = Annotated[list[list[float]], _AsLists]
@@ -198,7 +201,7 @@ class ActivityResult(EngineArrays, schemas.ActivityResponse):
         """Activity per token of one reported head."""
         return self.activity[self.layers.index(layer)][self.heads.index(head)]
 
-    def to_pandas(self, layout: str = "long") -> pd.DataFrame:
+    def to_pandas(self, layout: Layout = "long") -> pd.DataFrame:
         """`long` (default): one row per (layer, head, token) with columns layer, head, token,
         text, tag, activity. `wide`: the token table with one column per head, `L{l}H{h}`."""
         if layout == "wide":
@@ -264,7 +267,7 @@ class AnalyzeResult(EngineArrays, schemas.AnalyzeResponse):
             return numpy.zeros((0, n_tokens, n_tokens), dtype=dtype or self._dtype)
         return numpy.stack([self._array(item.pattern, dtype) for item in self.patterns])
 
-    def to_pandas(self, layout: str = "long") -> pd.DataFrame:
+    def to_pandas(self, layout: Layout = "long") -> pd.DataFrame:
         """`long` (default): one row per (layer, head, token) with columns layer, head, token,
         text, tag, activity. `wide`: the token table with one column per head, `L{l}H{h}`."""
         array = self.to_numpy()  # [layer, head, token]
