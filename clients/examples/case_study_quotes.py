@@ -135,8 +135,13 @@ def run(client: Client, text: str = DEFAULT_TEXT, vector: ProbeVector = "key") -
     if not any(quotations.inside) or not any(quotations.outside):
         raise ValueError("the text needs a quotation (words between double quotes) and more")
 
-    activity = client.activity(text, layers=[best.layer], heads=[best.head]).to_numpy()[0, 0]
-    pattern = client.attention(text, best.layer, best.head).to_numpy()  # [query, key]
+    # Arrays travel as safetensors: float32 straight into numpy, no JSON lists to walk.
+    activity = client.activity(
+        text, layers=[best.layer], heads=[best.head], format="safetensors"
+    ).to_numpy()[0, 0]  # [token]
+    pattern = client.attention(
+        text, best.layer, best.head, format="safetensors"
+    ).to_numpy()  # [query, key]
     queries, keys = list(quotations.opening), list(quotations.opening.values())
     to_opening = pattern[queries, keys]
 

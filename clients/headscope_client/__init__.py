@@ -6,9 +6,11 @@
         result = client.activity("Once upon a time", layers=[0], heads=[3])
         result.to_numpy()  # [layer, head, token]
 
-`Client` and `AsyncClient` have the same methods (one per endpoint); results are the server's
-own pydantic schemas (`headscope.schemas`), with `.to_numpy()` on arrays and `.to_pandas()` on
-token tables. Importing this package never imports torch or FastAPI.
+`Client` and `AsyncClient` have the same methods (one per endpoint, plus `analyze_many` for
+batches); results are the server's own pydantic schemas (`headscope.schemas`), with
+`.to_numpy()` on arrays and tidy `.to_pandas()` frames. Every output option of the server is a
+keyword: `dtype`, `decimals`, `top_k`, `threshold`, and `format="safetensors"` for arrays read
+straight into numpy. Importing this package never imports torch or FastAPI.
 
 Every exception the client raises derives from `HeadscopeError`:
 
@@ -30,7 +32,15 @@ Retries (`max_retries`, default 2) back off exponentially with jitter and honour
 a 4xx other than 429 is never retried. Defaults live in `headscope_client._constants`.
 """
 
-from headscope_client._base import Alignment, Position, ProbeMetric, ProbeVector
+from headscope_client._base import (
+    Alignment,
+    ArrayDType,
+    ArrayFormat,
+    Position,
+    ProbeMetric,
+    ProbeVector,
+    ResultFormat,
+)
 from headscope_client._client import AsyncClient, Client
 from headscope_client._constants import DEFAULT_BASE_URL, DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
 from headscope_client._exceptions import (
@@ -80,6 +90,8 @@ __all__ = [
     "APITimeoutError",
     "ActivityByTagResult",
     "Alignment",
+    "ArrayDType",
+    "ArrayFormat",
     "ActivityResult",
     "AnalyzeResult",
     "AsyncClient",
@@ -104,6 +116,7 @@ __all__ = [
     "QuotesResult",
     "RateLimitError",
     "Ready",
+    "ResultFormat",
     "ServerError",
     "TagResult",
     "Token",

@@ -2,24 +2,36 @@
 
 `Client` and `AsyncClient` (in `_client.py`) only send what this base builds: every endpoint is
 an `APICall` built here by a `_<endpoint>_call` method, and every response goes back through
-`_retry_delay` (send again?) and `_result` (parse, or raise the mapped exception).
+`_retry_delay` (send again?) and `_result` (parse, or raise the mapped exception). Batches
+(`analyze_many`) are built here too: the twins only run the calls, a few at a time.
 """
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import logging
 import os
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar, cast
+from typing import Any, Generic, Literal, Protocol, TypeVar, cast
 
 import httpx
 from pydantic import BaseModel, ValidationError
 
 from headscope_client import _models as models
+from headscope_client._binary import (
+    JSON,
+    NPY,
+    SAFETENSORS,
+    binary_libraries_missing,
+    decode_npy,
+    decode_safetensors,
+    place_arrays,
+)
 from headscope_client._constants import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -47,6 +59,12 @@ Alignment = Literal["overlap", "paper"]
 Position = Literal["on", "before", "after"]
 ProbeMetric = Literal["f1", "precision", "recall", "selectivity"]
 ProbeVector = Literal["key", "query", "value"]
+# Precision of returned numbers: the engine's float32, or rounded to float16.
+ArrayDType = Literal["float32", "float16"]
+# How a result travels. `auto`: safetensors when numpy and safetensors are installed, else JSON.
+ResultFormat = Literal["json", "safetensors", "auto"]
+# /v1/activity and /v1/attention also offer npy: the bare array (a numpy.ndarray), no tokens.
+ArrayFormat = Literal["json", "safetensors", "npy", "auto"]
 # A head as (layer, head), {"layer": l, "head": h}, or any object with .layer and .head.
 HeadLike = tuple[int, int] | Mapping[str, int] | Any
 TimeoutLike = float | httpx.Timeout | None
@@ -68,11 +86,48 @@ class APICall(Generic[ResultT]):
     result_statuses: frozenset[int] = field(default_factory=frozenset)
     result_from_error: Callable[[str], ResultT] | None = None
     retry: bool = True
+    # The media type asked for (Accept), and the dtype the numbers come in (None: no arrays).
+    accept: str = JSON
+    dtype: ArrayDType | None = None
+
+
+class Progress(Protocol):
+    def update(self, n: int = 1) -> object: ...
+
+
+class _NoProgress:
+    def update(self, n: int = 1) -> None:
+        pass
 
 
 def _drop_none(values: dict[str, Any]) -> dict[str, Any]:
     """Leave unset options out of the body, so the server's defaults apply."""
     return {name: value for name, value in values.items() if value is not None}
+
+
+def output_options(
+    dtype: ArrayDType | None,
+    decimals: int | None,
+    top_k: int | None = None,
+    threshold: float | None = None,
+) -> dict[str, Any]:
+    """The request fields for how numbers come back (only those set: the server's defaults
+    apply to the rest)."""
+    return _drop_none(
+        {"dtype": dtype, "decimals": decimals, "top_k": top_k, "threshold": threshold}
+    )
+
+
+def accept_for(format: str, *, npy: bool = False) -> str:
+    """The media type to ask for with `format`: one of ResultFormat, or ArrayFormat when `npy`."""
+    offered = {"json": JSON, "safetensors": SAFETENSORS} | ({"npy": NPY} if npy else {})
+    if format == "auto":
+        return SAFETENSORS if binary_libraries_missing() is None else JSON
+    if format not in offered:
+        raise ValueError(f"format must be one of {', '.join([*offered, 'auto'])}; got {format!r}")
+    if offered[format] != JSON and (missing := binary_libraries_missing()):
+        raise ImportError(f"format={format!r} needs numpy and safetensors; {missing}")
+    return offered[format]
 
 
 def head_ref(head: HeadLike) -> dict[str, int]:
@@ -155,28 +210,118 @@ class BaseClient:
         return APICall("POST", "/v1/tag", models.TagResult, json=body)
 
     def _activity_call(
-        self, text: str, layers: Iterable[int] | None, heads: Iterable[int] | None
-    ) -> APICall[models.ActivityResult]:
+        self,
+        text: str,
+        layers: Iterable[int] | None,
+        heads: Iterable[int] | None,
+        dtype: ArrayDType | None,
+        decimals: int | None,
+        format: str,
+    ) -> APICall[Any]:
         body = _drop_none(
             {
                 "text": text,
                 "layers": None if layers is None else list(layers),
                 "heads": None if heads is None else list(heads),
+                **output_options(dtype, decimals),
             }
         )
-        return APICall("POST", "/v1/activity", models.ActivityResult, json=body)
+        return APICall(
+            "POST",
+            "/v1/activity",
+            models.ActivityResult,
+            json=body,
+            accept=accept_for(format, npy=True),
+            dtype=dtype or "float32",
+        )
 
     def _attention_call(
-        self, text: str, layer: int, head: int, query: int | None
-    ) -> APICall[models.AttentionResult]:
-        body = _drop_none({"text": text, "layer": layer, "head": head, "query": query})
-        return APICall("POST", "/v1/attention", models.AttentionResult, json=body)
+        self,
+        text: str,
+        layer: int,
+        head: int,
+        query: int | None,
+        dtype: ArrayDType | None,
+        decimals: int | None,
+        top_k: int | None,
+        threshold: float | None,
+        format: str,
+    ) -> APICall[Any]:
+        body = _drop_none(
+            {
+                "text": text,
+                "layer": layer,
+                "head": head,
+                "query": query,
+                **output_options(dtype, decimals, top_k, threshold),
+            }
+        )
+        return APICall(
+            "POST",
+            "/v1/attention",
+            models.AttentionResult,
+            json=body,
+            accept=accept_for(format, npy=True),
+            dtype=dtype or "float32",
+        )
 
     def _analyze_call(
-        self, text: str, patterns: Iterable[HeadLike]
+        self,
+        text: str,
+        patterns: Iterable[HeadLike],
+        dtype: ArrayDType | None,
+        decimals: int | None,
+        top_k: int | None,
+        threshold: float | None,
+        format: str,
     ) -> APICall[models.AnalyzeResult]:
-        body = {"text": text, "patterns": [head_ref(head) for head in patterns]}
-        return APICall("POST", "/v1/analyze", models.AnalyzeResult, json=body)
+        body = {
+            "text": text,
+            "patterns": [head_ref(head) for head in patterns],
+            **output_options(dtype, decimals, top_k, threshold),
+        }
+        return APICall(
+            "POST",
+            "/v1/analyze",
+            models.AnalyzeResult,
+            json=body,
+            accept=accept_for(format),
+            dtype=dtype or "float32",
+        )
+
+    def _analyze_many_calls(
+        self,
+        texts: Iterable[str],
+        patterns: Iterable[HeadLike],
+        dtype: ArrayDType | None,
+        decimals: int | None,
+        top_k: int | None,
+        threshold: float | None,
+        format: str,
+        concurrency: int,
+    ) -> list[APICall[models.AnalyzeResult]]:
+        if isinstance(texts, str):
+            raise TypeError("texts must be a list of texts, not one string")
+        if concurrency < 1:
+            raise ValueError("concurrency must be 1 or more")
+        heads = [head_ref(head) for head in patterns]
+        return [
+            self._analyze_call(text, heads, dtype, decimals, top_k, threshold, format)
+            for text in texts
+        ]
+
+    @staticmethod
+    def _progress_bar(total: int, enabled: bool) -> AbstractContextManager[Progress]:
+        """A tqdm bar over `total` texts when `enabled`, else a bar that shows nothing."""
+        if not enabled:
+            return contextlib.nullcontext(_NoProgress())
+        try:
+            from tqdm.auto import tqdm
+        except ImportError as err:
+            raise ImportError(
+                "progress=True needs tqdm: pip install 'headscope[progress]'"
+            ) from err
+        return cast(AbstractContextManager[Progress], tqdm(total=total, unit="text"))
 
     # -- probes ---------------------------------------------------------------------------------
 
@@ -438,16 +583,55 @@ class BaseClient:
             return cast(ResultT, response.content)
         if not response.is_success and call.result_from_error is not None:
             return call.result_from_error(make_status_error(response).message)
+        media_type = response.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if call.accept == NPY:
+            if media_type != NPY:
+                raise self._not_a_result(call, response, f"{media_type or 'no content type'}")
+            try:
+                return cast(ResultT, decode_npy(response.content))
+            except ValueError as err:
+                raise self._not_a_result(call, response, f"an unreadable npy body ({err})") from err
         model = cast(type[BaseModel], call.result)
+        arrays: dict[Any, Any] = {}
         try:
-            return cast(ResultT, model.model_validate_json(response.content))
+            if media_type == SAFETENSORS:
+                fields, arrays = self._safetensors_fields(call, response)
+                result = model.model_validate(fields)
+            else:
+                result = model.model_validate_json(response.content)
         except ValidationError as err:
-            raise APIResponseValidationError(
-                f"{call.method} {call.path} answered {response.status_code} with a body that is "
-                f"not a {model.__name__}: {err.error_count()} error(s), first: "
-                f"{err.errors()[0]['msg']} at {err.errors()[0]['loc']}",
-                response=response,
+            first = err.errors()[0]
+            raise self._not_a_result(
+                call,
+                response,
+                f"a body that is not a {model.__name__}: {err.error_count()} error(s), first: "
+                f"{first['msg']} at {first['loc']}",
             ) from err
+        place_arrays(result, arrays)
+        if call.dtype is not None:
+            models.set_dtype(result, call.dtype)
+        return cast(ResultT, result)
+
+    def _safetensors_fields(
+        self, call: APICall[Any], response: httpx.Response
+    ) -> tuple[dict[str, Any], dict[Any, Any]]:
+        try:
+            return decode_safetensors(response.content)
+        except ImportError:
+            raise
+        except Exception as err:  # whatever a damaged body makes the safetensors reader raise
+            raise self._not_a_result(
+                call, response, f"an unreadable safetensors body ({err})"
+            ) from err
+
+    @staticmethod
+    def _not_a_result(
+        call: APICall[Any], response: httpx.Response, what: str
+    ) -> APIResponseValidationError:
+        return APIResponseValidationError(
+            f"{call.method} {call.path} answered {response.status_code} with {what}",
+            response=response,
+        )
 
     def _connection_error(
         self, request: httpx.Request, error: httpx.TransportError | None

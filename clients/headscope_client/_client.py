@@ -1,6 +1,8 @@
 """`Client` and `AsyncClient`: the same methods, one blocking and one awaitable.
 
-Both only send: every request is built, and every response parsed, by `BaseClient`.
+Both only send: every request is built, and every response parsed, by `BaseClient`. A batch
+(`analyze_many`) runs its calls a few at a time over the client's one connection pool: threads
+for `Client`, tasks for `AsyncClient`.
 """
 
 from __future__ import annotations
@@ -9,7 +11,9 @@ import asyncio
 import itertools
 import time
 from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
+from typing import TYPE_CHECKING, Literal, overload
 
 import httpx
 
@@ -17,15 +21,22 @@ from headscope_client import _models as models
 from headscope_client._base import (
     Alignment,
     APICall,
+    ArrayDType,
+    ArrayFormat,
     BaseClient,
     HeadLike,
     Position,
     ProbeMetric,
     ProbeVector,
+    ResultFormat,
     ResultT,
     TimeoutLike,
 )
 from headscope_client._constants import DEFAULT_MAX_RETRIES, DEFAULT_TIMEOUT
+from headscope_client._exceptions import HeadscopeError
+
+if TYPE_CHECKING:
+    import numpy as np
 
 __all__ = ["AsyncClient", "Client"]
 
@@ -60,7 +71,11 @@ class Client(BaseClient):
 
     def _send(self, call: APICall[ResultT]) -> ResultT:
         request = self._http.build_request(
-            call.method, call.path, json=call.json, params=call.params
+            call.method,
+            call.path,
+            json=call.json,
+            params=call.params,
+            headers={"Accept": call.accept},
         )
         for attempt in itertools.count():
             response: httpx.Response | None = None
@@ -108,25 +123,143 @@ class Client(BaseClient):
         """POST /v1/tag: the model's tokens, each with its word's Penn Treebank tag."""
         return self._send(self._tag_call(text, alignment))
 
+    @overload
+    def activity(
+        self,
+        text: str,
+        *,
+        layers: Iterable[int] | None = ...,
+        heads: Iterable[int] | None = ...,
+        dtype: ArrayDType | None = ...,
+        decimals: int | None = ...,
+        format: ResultFormat = ...,
+    ) -> models.ActivityResult: ...
+    @overload
+    def activity(
+        self,
+        text: str,
+        *,
+        layers: Iterable[int] | None = ...,
+        heads: Iterable[int] | None = ...,
+        dtype: ArrayDType | None = ...,
+        decimals: int | None = ...,
+        format: Literal["npy"],
+    ) -> np.ndarray: ...
     def activity(
         self,
         text: str,
         *,
         layers: Iterable[int] | None = None,
         heads: Iterable[int] | None = None,
-    ) -> models.ActivityResult:
-        """POST /v1/activity: activity [layer, head, token] of the chosen (default all) heads."""
-        return self._send(self._activity_call(text, layers, heads))
+        dtype: ArrayDType | None = None,
+        decimals: int | None = None,
+        format: ArrayFormat = "json",
+    ) -> models.ActivityResult | np.ndarray:
+        """POST /v1/activity: activity [layer, head, token] of the chosen (default all) heads.
+        With format="npy", the bare array (numpy.ndarray), without tokens."""
+        return self._send(self._activity_call(text, layers, heads, dtype, decimals, format))
 
+    @overload
     def attention(
-        self, text: str, layer: int, head: int, *, query: int | None = None
-    ) -> models.AttentionResult:
-        """POST /v1/attention: one head's pattern [query, key], or one query row of it."""
-        return self._send(self._attention_call(text, layer, head, query))
+        self,
+        text: str,
+        layer: int,
+        head: int,
+        *,
+        query: int | None = ...,
+        dtype: ArrayDType | None = ...,
+        decimals: int | None = ...,
+        top_k: int | None = ...,
+        threshold: float | None = ...,
+        format: ResultFormat = ...,
+    ) -> models.AttentionResult: ...
+    @overload
+    def attention(
+        self,
+        text: str,
+        layer: int,
+        head: int,
+        *,
+        query: int | None = ...,
+        dtype: ArrayDType | None = ...,
+        decimals: int | None = ...,
+        top_k: int | None = ...,
+        threshold: float | None = ...,
+        format: Literal["npy"],
+    ) -> np.ndarray: ...
+    def attention(
+        self,
+        text: str,
+        layer: int,
+        head: int,
+        *,
+        query: int | None = None,
+        dtype: ArrayDType | None = None,
+        decimals: int | None = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        format: ArrayFormat = "json",
+    ) -> models.AttentionResult | np.ndarray:
+        """POST /v1/attention: one head's pattern [query, key], or one query row of it.
+        With format="npy", the bare array (numpy.ndarray), without tokens."""
+        return self._send(
+            self._attention_call(
+                text, layer, head, query, dtype, decimals, top_k, threshold, format
+            )
+        )
 
-    def analyze(self, text: str, *, patterns: Iterable[HeadLike] = ()) -> models.AnalyzeResult:
+    def analyze(
+        self,
+        text: str,
+        *,
+        patterns: Iterable[HeadLike] = (),
+        dtype: ArrayDType | None = None,
+        decimals: int | None = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        format: ResultFormat = "json",
+    ) -> models.AnalyzeResult:
         """POST /v1/analyze: tags, every head's activity, and the patterns of `patterns` heads."""
-        return self._send(self._analyze_call(text, patterns))
+        return self._send(
+            self._analyze_call(text, patterns, dtype, decimals, top_k, threshold, format)
+        )
+
+    def analyze_many(
+        self,
+        texts: Iterable[str],
+        *,
+        patterns: Iterable[HeadLike] = (),
+        dtype: ArrayDType | None = None,
+        decimals: int | None = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        format: ResultFormat = "auto",
+        concurrency: int = 8,
+        progress: bool = False,
+    ) -> list[models.AnalyzeResult | HeadscopeError]:
+        """`analyze` on each text, `concurrency` at a time over one connection pool: the
+        results in the order of `texts`, each a result or the error that text met (after the
+        usual retries), so one bad text never stops the batch. `format` defaults to `auto`:
+        safetensors when numpy and safetensors are installed. `progress`: a tqdm bar."""
+        calls = self._analyze_many_calls(
+            texts, patterns, dtype, decimals, top_k, threshold, format, concurrency
+        )
+        with self._progress_bar(len(calls), progress) as bar:
+
+            def outcome(call: APICall[models.AnalyzeResult]):
+                try:
+                    return self._send(call)
+                except HeadscopeError as error:
+                    return error
+                finally:
+                    bar.update()
+
+            pool = ThreadPoolExecutor(max_workers=concurrency)
+            try:
+                return list(pool.map(outcome, calls))
+            finally:
+                # Interrupted (Ctrl-C), the texts not yet sent are dropped, not waited for.
+                pool.shutdown(cancel_futures=True)
 
     def probes(self) -> models.ProbeRunInfo:
         """GET /v1/probes: the loaded probe run (tags, vectors, corpus, split, overall scores)."""
@@ -320,7 +453,11 @@ class AsyncClient(BaseClient):
 
     async def _send(self, call: APICall[ResultT]) -> ResultT:
         request = self._http.build_request(
-            call.method, call.path, json=call.json, params=call.params
+            call.method,
+            call.path,
+            json=call.json,
+            params=call.params,
+            headers={"Accept": call.accept},
         )
         for attempt in itertools.count():
             response: httpx.Response | None = None
@@ -368,27 +505,140 @@ class AsyncClient(BaseClient):
         """POST /v1/tag: the model's tokens, each with its word's Penn Treebank tag."""
         return await self._send(self._tag_call(text, alignment))
 
+    @overload
+    async def activity(
+        self,
+        text: str,
+        *,
+        layers: Iterable[int] | None = ...,
+        heads: Iterable[int] | None = ...,
+        dtype: ArrayDType | None = ...,
+        decimals: int | None = ...,
+        format: ResultFormat = ...,
+    ) -> models.ActivityResult: ...
+    @overload
+    async def activity(
+        self,
+        text: str,
+        *,
+        layers: Iterable[int] | None = ...,
+        heads: Iterable[int] | None = ...,
+        dtype: ArrayDType | None = ...,
+        decimals: int | None = ...,
+        format: Literal["npy"],
+    ) -> np.ndarray: ...
     async def activity(
         self,
         text: str,
         *,
         layers: Iterable[int] | None = None,
         heads: Iterable[int] | None = None,
-    ) -> models.ActivityResult:
-        """POST /v1/activity: activity [layer, head, token] of the chosen (default all) heads."""
-        return await self._send(self._activity_call(text, layers, heads))
+        dtype: ArrayDType | None = None,
+        decimals: int | None = None,
+        format: ArrayFormat = "json",
+    ) -> models.ActivityResult | np.ndarray:
+        """POST /v1/activity: activity [layer, head, token] of the chosen (default all) heads.
+        With format="npy", the bare array (numpy.ndarray), without tokens."""
+        return await self._send(self._activity_call(text, layers, heads, dtype, decimals, format))
 
+    @overload
     async def attention(
-        self, text: str, layer: int, head: int, *, query: int | None = None
-    ) -> models.AttentionResult:
-        """POST /v1/attention: one head's pattern [query, key], or one query row of it."""
-        return await self._send(self._attention_call(text, layer, head, query))
+        self,
+        text: str,
+        layer: int,
+        head: int,
+        *,
+        query: int | None = ...,
+        dtype: ArrayDType | None = ...,
+        decimals: int | None = ...,
+        top_k: int | None = ...,
+        threshold: float | None = ...,
+        format: ResultFormat = ...,
+    ) -> models.AttentionResult: ...
+    @overload
+    async def attention(
+        self,
+        text: str,
+        layer: int,
+        head: int,
+        *,
+        query: int | None = ...,
+        dtype: ArrayDType | None = ...,
+        decimals: int | None = ...,
+        top_k: int | None = ...,
+        threshold: float | None = ...,
+        format: Literal["npy"],
+    ) -> np.ndarray: ...
+    async def attention(
+        self,
+        text: str,
+        layer: int,
+        head: int,
+        *,
+        query: int | None = None,
+        dtype: ArrayDType | None = None,
+        decimals: int | None = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        format: ArrayFormat = "json",
+    ) -> models.AttentionResult | np.ndarray:
+        """POST /v1/attention: one head's pattern [query, key], or one query row of it.
+        With format="npy", the bare array (numpy.ndarray), without tokens."""
+        return await self._send(
+            self._attention_call(
+                text, layer, head, query, dtype, decimals, top_k, threshold, format
+            )
+        )
 
     async def analyze(
-        self, text: str, *, patterns: Iterable[HeadLike] = ()
+        self,
+        text: str,
+        *,
+        patterns: Iterable[HeadLike] = (),
+        dtype: ArrayDType | None = None,
+        decimals: int | None = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        format: ResultFormat = "json",
     ) -> models.AnalyzeResult:
         """POST /v1/analyze: tags, every head's activity, and the patterns of `patterns` heads."""
-        return await self._send(self._analyze_call(text, patterns))
+        return await self._send(
+            self._analyze_call(text, patterns, dtype, decimals, top_k, threshold, format)
+        )
+
+    async def analyze_many(
+        self,
+        texts: Iterable[str],
+        *,
+        patterns: Iterable[HeadLike] = (),
+        dtype: ArrayDType | None = None,
+        decimals: int | None = None,
+        top_k: int | None = None,
+        threshold: float | None = None,
+        format: ResultFormat = "auto",
+        concurrency: int = 8,
+        progress: bool = False,
+    ) -> list[models.AnalyzeResult | HeadscopeError]:
+        """`analyze` on each text, `concurrency` at a time over one connection pool: the
+        results in the order of `texts`, each a result or the error that text met (after the
+        usual retries), so one bad text never stops the batch. `format` defaults to `auto`:
+        safetensors when numpy and safetensors are installed. `progress`: a tqdm bar."""
+        calls = self._analyze_many_calls(
+            texts, patterns, dtype, decimals, top_k, threshold, format, concurrency
+        )
+        limit = asyncio.Semaphore(concurrency)
+        with self._progress_bar(len(calls), progress) as bar:
+
+            async def outcome(call: APICall[models.AnalyzeResult]):
+                async with limit:
+                    try:
+                        return await self._send(call)
+                    except HeadscopeError as error:
+                        return error
+                    finally:
+                        bar.update()
+
+            return list(await asyncio.gather(*(outcome(call) for call in calls)))
 
     async def probes(self) -> models.ProbeRunInfo:
         """GET /v1/probes: the loaded probe run (tags, vectors, corpus, split, overall scores)."""

@@ -56,13 +56,14 @@ def test_activity_selection_to_numpy_matches_the_forward_pass(client, live_serve
     assert result.model_dump() == raw(live_server, "/v1/activity", body)
 
     array = result.to_numpy()  # [layer, head, token]
-    assert array.shape == (2, 3, len(result.tokens)) and array.dtype == np.float64
-    assert result.to_numpy(np.float32).dtype == np.float32
+    # The engine's own dtype: each JSON number is the shortest decimal of a float32.
+    assert array.shape == (2, 3, len(result.tokens)) and array.dtype == np.float32
+    assert result.to_numpy(np.float64).dtype == np.float64
     expected = runtime.forward(runtime.encode(TEXT)).activity[0].numpy()  # [layer, head, token]
     np.testing.assert_allclose(array, expected[[0, 5]][:, [1, 3, 15]], atol=1e-5)
     np.testing.assert_allclose(result.head_activity(5, 15), expected[5, 15], atol=1e-5)
 
-    frame = result.to_pandas()
+    frame = result.to_pandas(layout="wide")
     assert [c for c in frame.columns if c.startswith("L")] == [
         "L0H1", "L0H3", "L0H15", "L5H1", "L5H3", "L5H15"
     ]  # fmt: skip
@@ -107,7 +108,7 @@ def test_analyze_with_heads_given_three_ways(client, live_server):
     with pytest.raises(KeyError, match="L4H4 was not requested"):
         result.pattern(4, 4)
 
-    frame = result.to_pandas()
+    frame = result.to_pandas(layout="wide")
     assert len([c for c in frame.columns if c.startswith("L")]) == 128
     np.testing.assert_allclose(frame["L7H2"].to_numpy(), result.to_numpy()[7, 2])
 

@@ -46,7 +46,7 @@ def test_quotes_matches_the_core_methods(corpus_client):
     for span in result.spans:
         assert TEXTS[span.sequence][span.start] == '"'
 
-    spans = result.to_pandas()
+    spans = result.spans_to_pandas()
     assert list(spans["sequence"]) == [0, 2] and "inside_tokens" in spans.columns
     ratio = result.to_numpy()  # [layer, head]
     assert ratio.shape == (8, 16)
