@@ -136,12 +136,12 @@ class Server:
     process: subprocess.Popen
 
 
-def launch(*args: str) -> Server:
+def launch(*args: str, module: str = "headscope.cli", **env: str) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "headscope.cli", "serve", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1"]
     process = subprocess.Popen(
         [*command, "--port", str(port), *args],
-        env=server_env(),
+        env=server_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -166,11 +166,15 @@ def processes(probe_run_dir, tmp_path_factory):
     # downloaded pytorch_model.bin would do.
     torch.save(Trap(marker), checkpoint_dir / "pytorch_model.bin")
 
-    def draining(drain: int) -> Server:
+    def draining(drain: int, analysis_seconds: float) -> Server:
+        # Every analysis takes `analysis_seconds` by design (tests/system/slow_serve.py), so
+        # what is still in flight when the drain ends never depends on the machine's speed.
         store = root / f"store-{drain}"
         return launch(
             *("--model", str(STANDIN_DIR), "--store", str(store), "--corpus", str(CORPUS)),
             *("--max-concurrency", "1", "--drain-timeout", str(drain), "--log-level", "warning"),
+            module="tests.system.slow_serve",
+            HEADSCOPE_TEST_ANALYSIS_DELAY=str(analysis_seconds),
         )
 
     servers = {
@@ -178,8 +182,8 @@ def processes(probe_run_dir, tmp_path_factory):
             *("--model", str(STANDIN_DIR), "--probes", str(probe_run_dir), "--corpus", str(CORPUS)),
             *("--store", str(root / "soak-store"), "--log-level", "warning"),
         ),
-        "drain30": draining(30),
-        "drain1": draining(1),
+        "drain30": draining(30, analysis_seconds=1.0),
+        "drain1": draining(1, analysis_seconds=3.0),
         "trapped": launch(
             *("--model", str(STANDIN_DIR), "--store", str(trapped_store)),
             *("--allow-missing-probes", "--log-level", "warning"),
