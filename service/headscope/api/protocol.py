@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from headscope.analysis.pool import WriteBacklog
 from headscope.api.responses import error_body
 
+# A client that takes less than this in `write_timeout` counts as not reading: trickling a few
+# bytes at a time would otherwise hold a whole response's buffer for as long as it likes.
+MIN_BYTES_PER_WRITE_TIMEOUT = 64 * 1024
+
 
 @dataclass(frozen=True)
 class ConnectionLimits:
@@ -50,8 +54,8 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
       answered 503 and closed;
     - a request's head must arrive within `head_timeout` of the connection being ready for it,
       and its body within `body_timeout` of the head (slowloris): 408, and the connection closes;
-    - a response the client takes nothing of for `write_timeout` closes the connection (its
-      buffered bytes are dropped), and while a response waits in the write buffer its bytes
+    - a response the client takes (next to) nothing of for `write_timeout` closes the connection
+      (its buffered bytes are dropped), and while a response waits in the write buffer its bytes
       count in `backlog`, which admission reads.
     """
     import httptools
@@ -189,7 +193,7 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
 
         def _check_writes(self) -> None:
             unsent = self.transport.get_write_buffer_size()
-            if unsent < self.unsent_at_check:  # the client is reading, however slowly
+            if unsent <= self.unsent_at_check - MIN_BYTES_PER_WRITE_TIMEOUT:  # still reading
                 self.unsent_at_check = unsent
                 self.write_timer = self.loop.call_later(limits.write_timeout, self._check_writes)
                 return
