@@ -113,7 +113,7 @@ def booby_trapped_store(probe_run_dir: Path, root: Path, marker: Path) -> tuple[
     """A store whose only run has a pickle for weights (with the manifest's hash updated to
     match, so only the reader's refusal to unpickle stands between the file and code
     execution), and stray pickles where a careless loader might look."""
-    from headscope.analysis.probes.store import sha256_file
+    from headscope.analysis.probes.store import manifest_sha256, sha256_file
 
     store = root / "trapped-store"
     run = store / probe_run_dir.name
@@ -124,6 +124,7 @@ def booby_trapped_store(probe_run_dir: Path, root: Path, marker: Path) -> tuple[
     manifest_path = run / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["artifacts"]["probes.safetensors"]["sha256"] = sha256_file(weights)
+    manifest["manifest_sha256"] = manifest_sha256(manifest)
     manifest_path.write_text(json.dumps(manifest))
     for stray in (run / "probes.pkl", run / "probes.joblib", run / "model.bin", store / "x.pkl"):
         stray.write_bytes(trap)
