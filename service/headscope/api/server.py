@@ -91,9 +91,15 @@ class RepeatFilter(logging.Filter):
     template, then says how many like it were held back: an attack that triggers the same
     warning thousands of times a second writes a line every few seconds."""
 
-    def __init__(self, window: float = 10.0, max_keys: int = 1000) -> None:
+    def __init__(
+        self,
+        window: float = 10.0,
+        max_keys: int = 1000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         super().__init__()
         self.window = window
+        self.clock = clock
         self.max_keys = max_keys
         self._lock = threading.Lock()
         self._seen: dict[tuple, list] = {}  # key -> [first time in window, held back]
@@ -102,7 +108,7 @@ class RepeatFilter(logging.Filter):
         if record.levelno < logging.WARNING:
             return True
         key = (record.name, record.levelno, str(record.msg))
-        now = time.monotonic()
+        now = self.clock()
         with self._lock:
             seen = self._seen.get(key)
             if seen is not None and now - seen[0] < self.window:
