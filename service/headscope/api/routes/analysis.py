@@ -56,7 +56,9 @@ async def tag(request: TagRequest, runtime: RuntimeDep, pool: PoolDep) -> Respon
     return Response(body, media_type=JSON)
 
 
-def response_size(runtime: Runtime, request, media_type: str, per_token: int, per_pair: int):
+def response_size(
+    http: Request, runtime: Runtime, request, media_type: str, per_token: int, per_pair: int
+) -> None:
     """413 before any work when the response would be over `max_response_bytes`."""
     check_response_size(
         text=request.text,
@@ -66,7 +68,7 @@ def response_size(runtime: Runtime, request, media_type: str, per_token: int, pe
         dtype=request.dtype,
         decimals=request.decimals,
         max_tokens=runtime.max_tokens,
-        max_response_bytes=runtime.settings.max_response_bytes,
+        max_response_bytes=http.app.state.settings.max_response_bytes,
     )
 
 
@@ -82,7 +84,7 @@ async def activity(
     # Distinct entries (the schema's rule) that exist in the model: at most its geometry.
     layers = min(len(request.layers), g.n_layers) if request.layers is not None else g.n_layers
     heads = min(len(request.heads), g.n_heads) if request.heads is not None else g.n_heads
-    response_size(runtime, request, media_type, layers * heads, 0)
+    response_size(http, runtime, request, media_type, layers * heads, 0)
     body = await pool.run(
         runtime.encoded, runtime.activity_payload, request, media_type, "activity"
     )
@@ -98,7 +100,7 @@ async def attention(
     """Attention pattern of one head: all query rows, or one row."""
     media_type = negotiate(http.headers.get("accept"), has_single_array=True)
     one_row = request.query is not None
-    response_size(runtime, request, media_type, int(one_row), int(not one_row))
+    response_size(http, runtime, request, media_type, int(one_row), int(not one_row))
     body = await pool.run(
         runtime.encoded, runtime.attention_payload, request, media_type, "pattern"
     )
@@ -113,7 +115,7 @@ async def analyze(
     media_type = negotiate(http.headers.get("accept"), has_single_array=False)
     g = runtime.geometry
     heads = g.n_layers * g.n_heads
-    response_size(runtime, request, media_type, heads, min(len(request.patterns), heads))
+    response_size(http, runtime, request, media_type, heads, min(len(request.patterns), heads))
     runtime.prefetch_tags(request.text)
     body = await pool.run(runtime.encoded, runtime.analyze_payload, request, media_type)
     return Response(body, media_type=media_type)
