@@ -1,9 +1,10 @@
-"""What acts before FastAPI reads a request: header count, API key, body size, malformed HTTP.
+"""What acts before FastAPI reads a request: header count, API key, body size; and the answer to
+a request cancelled before it had one (the drain's last resort).
 
-Each refuses with the one error envelope `{"error": {"code", "message", "detail"}}` and never
-reads more of the request than it needs to decide. `install_middleware` adds them in order, the
-outermost first: header limit, then API key (so a caller without the key learns nothing else,
-and its body is never read), then body size.
+Each refuses with the one error envelope (headscope.api.responses) and never reads more of the
+request than it needs to decide. `install_middleware` adds them in order, the outermost first:
+the cancelled-answer guard, header limit, then API key (so a caller without the key learns
+nothing else, and its body is never read), then body size. They import no route.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The one error envelope, `{"error": {"code", "message", "detail"}}`, and the one mapping from an
-exception to it. FastAPI's exception handlers (app.py), the ASGI guards, the lean path and the
-HTTP protocol all answer through these, so an error reads the same whichever layer met it.
+exception to it. FastAPI's exception handlers (app.py), the ASGI guards and the HTTP protocol
+all answer through these, so an error reads the same whichever layer met it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.responses import Response
 
@@ -98,20 +97,13 @@ def _validation_response(errors: list[dict[str, Any]]) -> Response:
 
 
 def response_for(error: BaseException) -> Response:
-    """The envelope for any exception met while answering a request.
-
-    A pydantic ValidationError of a request body counts as FastAPI's RequestValidationError
-    with the location under "body", so the lean path and FastAPI word it alike.
-    """
+    """The envelope for any exception met while answering a request."""
     if isinstance(error, HeadscopeError):
         return error_response(
             error.status_code, error.code, error.message, error.detail, error.headers
         )
     if isinstance(error, RequestValidationError):
         return _validation_response(list(error.errors()))
-    if isinstance(error, ValidationError):
-        errors = error.errors(include_url=False)
-        return _validation_response([{**e, "loc": ("body", *e["loc"])} for e in errors])
     if isinstance(error, HTTPException):
         if error.status_code == 400 and error.detail == FASTAPI_BODY_PARSE_ERROR:
             return error_response(
