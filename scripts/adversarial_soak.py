@@ -201,17 +201,17 @@ class Attack:
         while self.running():
             try:
                 socks = []
-                for _ in range(20):
+                for _ in range(10):
                     body = json.dumps({"text": long_text(rng, 300)}).encode()
                     sock = self.connect()
                     sock.sendall(self.raw_request("/v1/analyze", body))
                     socks.append(sock)
                 for sock in socks:
                     sock.close()
-                self.record("leavers", "20 sent and gone")
+                self.record("leavers", "10 sent and gone")
             except OSError as err:
                 self.record("leavers", type(err).__name__)
-            time.sleep(0.5)
+            time.sleep(1)
 
     # -- normal traffic and health ---------------------------------------------------------------
 

@@ -50,8 +50,9 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
       passes and meets HeaderLimitMiddleware's exact limits (h11's `max_incomplete_event_size`
       rule);
     - at most `max_connections` are open: a new one past it closes the oldest connection with
-      no request in progress (idle, or still sending its request), or, when all are busy, is
-      answered 503 and closed;
+      no request in progress (idle, or still sending its request), those that have never been
+      answered first (an idle flood), clients already served last; when all are busy, the new
+      one is answered 503 and closed;
     - a request's head must arrive within `head_timeout` of the connection being ready for it,
       and its body within `body_timeout` of the head (slowloris): 408, and the connection closes;
     - a response the client takes (next to) nothing of for `write_timeout` closes the connection
@@ -62,8 +63,10 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
     from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
     class EnvelopeHttpToolsProtocol(HttpToolsProtocol):
-        # Every open connection of this server, oldest first.
-        open_connections: dict[EnvelopeHttpToolsProtocol, None] = {}
+        # Every open connection of this server, oldest first: those never answered yet, and
+        # those answered at least once (moved there at their first answer).
+        unanswered: dict[EnvelopeHttpToolsProtocol, None] = {}
+        answered: dict[EnvelopeHttpToolsProtocol, None] = {}
 
         def __init__(self, *args, **kwargs) -> None:
             super().__init__(*args, **kwargs)
@@ -77,15 +80,14 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
-            if len(self.open_connections) >= limits.max_connections and not self._make_room():
-                self.logger.warning(
-                    "Connection refused: %d connections, all busy", len(self.open_connections)
-                )
+            open_count = len(self.unanswered) + len(self.answered)
+            if open_count >= limits.max_connections and not self._make_room():
+                self.logger.warning("Connection refused: %d connections, all busy", open_count)
                 self._close_with(
                     503, "too_many_connections", "Too many connections; retry shortly."
                 )
                 return
-            self.open_connections[self] = None
+            self.unanswered[self] = None
             self._arm_request_timer(limits.head_timeout, "head")
 
         def _busy(self) -> bool:
@@ -94,16 +96,18 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
             return cycle is not None and not cycle.more_body and not cycle.response_complete
 
         def _make_room(self) -> bool:
-            for connection in self.open_connections:
-                if not connection._busy():
-                    self.logger.warning("Connection limit reached: closing the oldest idle one")
-                    connection.transport.abort()
-                    self.open_connections.pop(connection, None)
-                    return True
+            for connections in (self.unanswered, self.answered):
+                for connection in connections:
+                    if not connection._busy():
+                        self.logger.warning("Connection limit reached: closing the oldest idle one")
+                        connection.transport.abort()
+                        connections.pop(connection)
+                        return True
             return False
 
         def connection_lost(self, exc: Exception | None) -> None:
-            self.open_connections.pop(self, None)
+            self.unanswered.pop(self, None)
+            self.answered.pop(self, None)
             self._cancel_request_timer()
             self._stop_write_watch()
             super().connection_lost(exc)
@@ -167,6 +171,9 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
 
         def on_response_complete(self) -> None:
             super().on_response_complete()
+            if self in self.unanswered:
+                del self.unanswered[self]
+                self.answered[self] = None
             if not self.transport.is_closing():
                 self._arm_request_timer(limits.head_timeout, "head")
 
