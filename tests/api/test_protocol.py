@@ -12,6 +12,7 @@ import json
 import socket
 import threading
 import time
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import pytest
@@ -49,8 +50,8 @@ class TinyApp:
         await send({"type": "http.response.body", "body": body})
 
 
-@pytest.fixture(scope="module")
-def server():
+@contextmanager
+def tiny_server(**limits):
     app = TinyApp()
     settings = Settings(
         host="127.0.0.1",
@@ -62,7 +63,7 @@ def server():
         write_timeout=1,
         keep_alive_timeout=30,
         max_header_bytes=4096,
-    )
+    ).model_copy(update=limits)
     uv = uvicorn.Server(uvicorn_config(app, settings))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
@@ -70,10 +71,18 @@ def server():
     while not uv.started:
         assert time.monotonic() < deadline
         time.sleep(0.01)
-    yield SimpleNamespace(app=app, port=settings.port)
-    app.gate.set()
-    uv.should_exit = True
-    thread.join(timeout=30)
+    try:
+        yield SimpleNamespace(app=app, port=settings.port)
+    finally:
+        app.gate.set()
+        uv.should_exit = True
+        thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with tiny_server() as running:
+        yield running
 
 
 def connect(server, rcvbuf: int | None = None) -> socket.socket:
@@ -153,8 +162,16 @@ def test_a_body_is_timed_from_its_head(server):  # on_headers_complete, on_messa
         assert sock.recv(65536).startswith(b"HTTP/1.1 200")
 
 
-def test_past_the_cap_idle_connections_make_room_and_busy_ones_do_not(server):
+@pytest.fixture()
+def patient_server():
+    """Head timeouts far off, so only the cap closes idle connections."""
+    with tiny_server(request_head_timeout=120) as running:
+        yield running
+
+
+def test_past_the_cap_idle_connections_make_room_and_busy_ones_do_not(patient_server):
     # connection_made, connection_lost
+    server = patient_server
     server.app.gate.clear()
     busy = [connect(server) for _ in range(8)]
     for sock in busy:
