@@ -61,6 +61,11 @@ class InvalidRequest(HeadscopeError):
     code = "invalid_request"
 
 
+class ResponseTooLarge(HeadscopeError):
+    status_code = 413
+    code = "response_too_large"
+
+
 class Overloaded(HeadscopeError):
     status_code = 429
     code = "overloaded"
@@ -79,6 +84,16 @@ class ProbesNotLoaded(HeadscopeError):
 class CorpusUnavailable(HeadscopeError):
     status_code = 503
     code = "corpus_unavailable"
+
+
+class ClientGone(HeadscopeError):
+    """The client closed its connection before its answer was ready (nobody reads this one)."""
+
+    status_code = 499
+    code = "client_closed_request"
+
+    def __init__(self) -> None:
+        super().__init__("The client closed the connection before the answer was ready.")
 
 
 class StartupError(Exception):

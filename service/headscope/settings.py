@@ -33,6 +33,44 @@ class Settings(BaseSettings):
         description="Most tokens per request; at most the config's max_position_embeddings.",
     )
     max_body_bytes: int = Field(default=1_000_000, ge=1, description="Largest request body.")
+    max_response_bytes: int = Field(
+        default=64 * 2**20,
+        ge=1024,
+        description="Largest response one request may ask for, estimated from the request "
+        "before any work (patterns, layers and heads x tokens x bytes per number in the chosen "
+        "format); past it, 413.",
+    )
+    max_unsent_response_bytes: int = Field(
+        default=256 * 2**20,
+        ge=0,
+        description="Response bytes that may wait for clients reading slowly (or not at all); "
+        "past it, new analyses are refused with 429 until those clients read or time out.",
+    )
+    write_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a response may wait for its client to read any of it before the "
+        "connection is closed.",
+    )
+    max_connections: int = Field(
+        default=1000,
+        ge=8,
+        description="Open connections at most. Past it, the oldest connection with no request "
+        "in progress (idle, or still sending its request) is closed to make room; when every "
+        "one is busy, the new one gets 503.",
+    )
+    request_head_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds a connection has to send a request's head (from connecting, or "
+        "from the previous answer); past it, 408 and the connection is closed.",
+    )
+    request_body_timeout: float = Field(
+        default=30.0,
+        gt=0,
+        description="Seconds a request has to send its body after its head; past it, 408 and "
+        "the connection is closed.",
+    )
     max_concurrency: int = Field(default=2, ge=1, description="Analyses running at once.")
     max_queue: int = Field(
         default=64, ge=0, description="Analyses waiting beyond those running; past it, 429."
@@ -142,4 +180,12 @@ class Settings(BaseSettings):
         # never "the empty key", which an empty bearer header would match.
         if isinstance(value, str) and not value.strip():
             return None
+        # A key read from a file often ends in a newline; no client can send one in a header,
+        # so such a key would lock everyone out. Refused (not stripped), so the operator knows
+        # exactly which key is in force. The message never repeats the key.
+        if isinstance(value, str) and value != value.strip():
+            raise ValueError(
+                "the API key starts or ends with whitespace (a trailing newline?); "
+                "remove it from HEADSCOPE_API_KEY"
+            )
         return value

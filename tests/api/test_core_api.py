@@ -154,3 +154,32 @@ def test_openapi_describes_every_field(api):
             if name in {"ValidationError", "HTTPValidationError"}:
                 continue
             assert definition.get("description"), f"{name}.{field} has no description"
+
+
+def test_a_response_estimated_over_the_limit_is_413_before_any_work(settings, runtime, monkeypatch):
+    from fastapi.testclient import TestClient
+
+    from headscope.app import create_app
+
+    work = []
+    for name in ("encode", "prefetch_tags"):
+        monkeypatch.setattr(runtime, name, lambda *args, _name=name: work.append(_name))
+    monkeypatch.setattr(runtime.engine, "run", lambda *args, **kwargs: work.append("forward"))
+    limited = settings.model_copy(update={"max_response_bytes": 100_000})
+    text = "Once upon a time there was a cat. " * 20
+    with TestClient(create_app(limited, runtime=runtime)) as client:
+        for path, body in [
+            (
+                "/v1/analyze",
+                {"text": text, "patterns": [{"layer": 1, "head": h} for h in range(4)]},
+            ),
+            ("/v1/activity", {"text": text}),
+            ("/v1/attention", {"text": text, "layer": 0, "head": 0}),
+        ]:
+            response = client.post(path, json=body)
+            assert response.status_code == 413, (path, response.text[:300])
+            error = response.json()["error"]
+            assert error["code"] == "response_too_large"
+            assert error["detail"]["max_response_bytes"] == 100_000
+            assert error["detail"]["estimated_bytes"] > 100_000
+    assert work == []

@@ -113,7 +113,7 @@ def booby_trapped_store(probe_run_dir: Path, root: Path, marker: Path) -> tuple[
     """A store whose only run has a pickle for weights (with the manifest's hash updated to
     match, so only the reader's refusal to unpickle stands between the file and code
     execution), and stray pickles where a careless loader might look."""
-    from headscope.analysis.probes.store import sha256_file
+    from headscope.analysis.probes.store import manifest_sha256, sha256_file
 
     store = root / "trapped-store"
     run = store / probe_run_dir.name
@@ -124,6 +124,7 @@ def booby_trapped_store(probe_run_dir: Path, root: Path, marker: Path) -> tuple[
     manifest_path = run / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
     manifest["artifacts"]["probes.safetensors"]["sha256"] = sha256_file(weights)
+    manifest["manifest_sha256"] = manifest_sha256(manifest)
     manifest_path.write_text(json.dumps(manifest))
     for stray in (run / "probes.pkl", run / "probes.joblib", run / "model.bin", store / "x.pkl"):
         stray.write_bytes(trap)
@@ -136,12 +137,12 @@ class Server:
     process: subprocess.Popen
 
 
-def launch(*args: str) -> Server:
+def launch(*args: str, module: str = "headscope.cli", **env: str) -> Server:
     port = free_port()
-    command = [sys.executable, "-m", "headscope.cli", "serve", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", module, "serve", "--host", "127.0.0.1"]
     process = subprocess.Popen(
         [*command, "--port", str(port), *args],
-        env=server_env(),
+        env=server_env(**env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -166,11 +167,15 @@ def processes(probe_run_dir, tmp_path_factory):
     # downloaded pytorch_model.bin would do.
     torch.save(Trap(marker), checkpoint_dir / "pytorch_model.bin")
 
-    def draining(drain: int) -> Server:
+    def draining(drain: int, analysis_seconds: float) -> Server:
+        # Every analysis takes `analysis_seconds` by design (tests/system/slow_serve.py), so
+        # what is still in flight when the drain ends never depends on the machine's speed.
         store = root / f"store-{drain}"
         return launch(
             *("--model", str(STANDIN_DIR), "--store", str(store), "--corpus", str(CORPUS)),
             *("--max-concurrency", "1", "--drain-timeout", str(drain), "--log-level", "warning"),
+            module="tests.system.slow_serve",
+            HEADSCOPE_TEST_ANALYSIS_DELAY=str(analysis_seconds),
         )
 
     servers = {
@@ -178,8 +183,8 @@ def processes(probe_run_dir, tmp_path_factory):
             *("--model", str(STANDIN_DIR), "--probes", str(probe_run_dir), "--corpus", str(CORPUS)),
             *("--store", str(root / "soak-store"), "--log-level", "warning"),
         ),
-        "drain30": draining(30),
-        "drain1": draining(1),
+        "drain30": draining(30, analysis_seconds=1.0),
+        "drain1": draining(1, analysis_seconds=3.0),
         "trapped": launch(
             *("--model", str(STANDIN_DIR), "--store", str(trapped_store)),
             *("--allow-missing-probes", "--log-level", "warning"),

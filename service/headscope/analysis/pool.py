@@ -16,7 +16,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
-from headscope.errors import NotReady, Overloaded
+from headscope.errors import ClientGone, HeadscopeError, NotReady, Overloaded
 
 T = TypeVar("T")
 RETRY_AFTER_SECONDS = 1
@@ -59,25 +59,67 @@ class HeapTrimmer:
         self._trim(0)
 
 
+class WriteBacklog:
+    """Response bytes written but not yet taken by their clients, over every connection.
+
+    The HTTP protocol registers a connection while its transport's write buffer is over the
+    high-water mark (a client reading slowly, or not at all) and drops it once the buffer
+    drains or the connection closes; admission then counts those bytes, so clients that never
+    read cannot make the server hold responses without bound.
+    """
+
+    def __init__(self) -> None:
+        self._transports: set = set()
+
+    def add(self, transport) -> None:
+        self._transports.add(transport)
+
+    def discard(self, transport) -> None:
+        self._transports.discard(transport)
+
+    @property
+    def bytes(self) -> int:
+        return sum(transport.get_write_buffer_size() for transport in self._transports)
+
+
 class AnalysisPool:
+    """Admission and threads for analyses.
+
+    `run` refuses at once when `max_concurrency` analyses run and `max_queue` wait, when the
+    write backlog is over `max_unsent_bytes`, and while the server drains. A request whose
+    client goes away (`disconnected` resolves) stops waiting: queued work is dropped, a running
+    analysis finishes in its thread and its result is discarded. `abort_waiting` ends every
+    wait with 503 (the drain deadline).
+    """
+
     def __init__(
-        self, max_concurrency: int, max_queue: int, heap_trimmer: HeapTrimmer | None = None
+        self,
+        max_concurrency: int,
+        max_queue: int,
+        heap_trimmer: HeapTrimmer | None = None,
+        write_backlog: WriteBacklog | None = None,
+        max_unsent_bytes: int | None = None,
     ) -> None:
         self.max_concurrency = max_concurrency
         self.max_queue = max_queue
         self.heap_trimmer = heap_trimmer or HeapTrimmer(interval=0)
+        self.write_backlog = write_backlog or WriteBacklog()
+        self.max_unsent_bytes = max_unsent_bytes
         self._executor = ThreadPoolExecutor(max_concurrency, thread_name_prefix="analysis")
         # Touched only from the event loop thread, so plain attributes are race-free.
         self._admitted = 0
         self._closed = False
+        self.draining = False
+        self._waiting: set[asyncio.Future] = set()
+        self._ended: dict[asyncio.Future, HeadscopeError] = {}
 
     @property
     def admitted(self) -> int:
         """Analyses running or queued right now."""
         return self._admitted
 
-    async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
-        if self._closed:
+    def _check_admission(self) -> None:
+        if self._closed or self.draining:
             raise NotReady(
                 "The server is shutting down.", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
             )
@@ -92,14 +134,73 @@ class AnalysisPool:
                 },
                 headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
             )
+        if self.max_unsent_bytes is not None:
+            unsent = self.write_backlog.bytes
+            if unsent > self.max_unsent_bytes:
+                raise Overloaded(
+                    f"Server busy: {unsent} bytes of responses wait for slow clients (limit "
+                    f"{self.max_unsent_bytes}). Retry shortly.",
+                    detail={
+                        "unsent_bytes": unsent,
+                        "max_unsent_response_bytes": self.max_unsent_bytes,
+                        "retry_after": RETRY_AFTER_SECONDS,
+                    },
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+
+    async def run(
+        self,
+        function: Callable[..., T],
+        *args,
+        disconnected: asyncio.Future | None = None,
+        **kwargs,
+    ) -> T:
+        self._check_admission()
         self._admitted += 1
+        waiter: asyncio.Future | None = None
         try:
             future = self._executor.submit(self._run_then_trim, function, args, kwargs)
-            # If this request is cancelled (e.g. the drain timeout ran out), a queued analysis is
-            # dropped; a running one finishes in its thread and its result is discarded.
-            return await asyncio.wrap_future(future)
+            # Cancelling the wait (the request's task cancelled, the client gone, the drain
+            # deadline) drops a queued analysis; a running one finishes in its thread and its
+            # result is discarded.
+            waiter = asyncio.wrap_future(future)
+            self._waiting.add(waiter)
+            if disconnected is not None:
+                disconnected.add_done_callback(
+                    lambda gone: gone.cancelled() or self._end(waiter, ClientGone())
+                )
+            try:
+                return await waiter
+            except asyncio.CancelledError:
+                ended = self._ended.pop(waiter, None)
+                if ended is None:
+                    raise
+                raise ended from None
         finally:
             self._admitted -= 1
+            if waiter is not None:
+                self._waiting.discard(waiter)
+                self._ended.pop(waiter, None)
+
+    def _end(self, waiter: asyncio.Future, error: HeadscopeError) -> None:
+        if not waiter.done():
+            self._ended[waiter] = error
+            waiter.cancel()
+
+    def begin_drain(self) -> None:
+        """Refuse new analyses; those admitted carry on."""
+        self.draining = True
+
+    def abort_waiting(self) -> None:
+        """End every wait for an analysis with 503 and Retry-After (the drain deadline)."""
+        for waiter in list(self._waiting):
+            self._end(
+                waiter,
+                NotReady(
+                    "The server is shutting down and could not finish this analysis in time.",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                ),
+            )
 
     def _run_then_trim(self, function: Callable[..., T], args: tuple, kwargs: dict) -> T:
         # In the worker thread, after the analysis: its memory is free by now, and the trim

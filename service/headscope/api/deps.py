@@ -1,23 +1,27 @@
-"""FastAPI dependencies: the runtime, the analysis pool, and the API key check."""
+"""FastAPI dependencies: the runtime and the analysis pool (bound to the request)."""
 
 from __future__ import annotations
 
-from typing import Annotated
+import asyncio
+from collections.abc import Callable
+from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import HTTPBearer
+from starlette.types import Receive
 
 from headscope.analysis.pool import AnalysisPool
 from headscope.analysis.service import Runtime
-from headscope.api.guards import bearer_key_matches
-from headscope.errors import NotReady, Unauthorized
+from headscope.errors import NotReady
+
+T = TypeVar("T")
 
 # The dependencies are `async def` although they never await: FastAPI runs a plain `def`
 # dependency in a worker thread, a round trip per request that, under load, queues behind the
 # analyses and slows every answer, health checks included.
 
-# Declares the bearer scheme in the OpenAPI document (the docs' "Authorize" button); the check
-# itself reads the raw header, so a malformed one is a 401, never a different error.
+# Declares the bearer scheme in the OpenAPI document (the docs' "Authorize" button). The key is
+# checked by ApiKeyMiddleware alone (headscope.api.guards), before FastAPI sees the request.
 bearer_scheme = HTTPBearer(
     auto_error=False,
     description="Needed only when the server has an API key (HEADSCOPE_API_KEY).",
@@ -31,24 +35,31 @@ async def get_runtime(request: Request) -> Runtime:
     return runtime
 
 
-async def get_pool(request: Request) -> AnalysisPool:
-    return request.app.state.pool
+async def _disconnect(receive: Receive) -> None:
+    """Returns when the client has closed its connection (the body is read by then)."""
+    while (await receive())["type"] != "http.disconnect":
+        pass
 
 
-async def require_api_key(
-    request: Request,
-    _: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
-) -> None:
-    """Second line behind ApiKeyMiddleware (which answers first): same key, same check."""
-    expected = request.app.state.settings.api_key
-    if expected is None:
-        return
-    if not bearer_key_matches(request.headers.get("authorization"), expected.get_secret_value()):
-        raise Unauthorized(
-            "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
+class RequestPool:
+    """The analysis pool as one request sees it: if its client goes away while the analysis
+    waits or runs, the wait ends and queued work is dropped (nobody would read the answer)."""
+
+    def __init__(self, pool: AnalysisPool, receive: Receive) -> None:
+        self.pool = pool
+        self.receive = receive
+
+    async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
+        gone = asyncio.ensure_future(_disconnect(self.receive))
+        try:
+            return await self.pool.run(function, *args, disconnected=gone, **kwargs)
+        finally:
+            gone.cancel()
+
+
+async def get_pool(request: Request) -> RequestPool:
+    return RequestPool(request.app.state.pool, request.receive)
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]
-PoolDep = Annotated[AnalysisPool, Depends(get_pool)]
+PoolDep = Annotated[RequestPool, Depends(get_pool)]

@@ -1,49 +1,26 @@
-"""What acts before FastAPI reads a request: header count, API key, body size, malformed HTTP.
+"""What acts before FastAPI reads a request: header count, API key, body size; and the answer to
+a request cancelled before it had one (the drain's last resort).
 
-Each refuses with the one error envelope `{"error": {"code", "message", "detail"}}` and never
-reads more of the request than it needs to decide. `install_middleware` adds them in order, the
-outermost first: header limit, then API key (so a caller without the key learns nothing else,
-and its body is never read), then body size.
+Each refuses with the one error envelope (headscope.api.responses) and never reads more of the
+request than it needs to decide. `install_middleware` adds them in order, the outermost first:
+the cancelled-answer guard, header limit, then API key (so a caller without the key learns
+nothing else, and its body is never read), then body size. They import no route.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
-import json
 from collections.abc import Iterable
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from headscope.analysis.pool import RETRY_AFTER_SECONDS
+from headscope.api.responses import error_response
+
 PUBLIC_PATHS = ("/healthz", "/readyz")
-
-
-def error_body(code: str, message: str, detail: object = None) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message, "detail": detail}}).encode()
-
-
-async def send_error(
-    send: Send,
-    status: int,
-    code: str,
-    message: str,
-    detail: object = None,
-    headers: Iterable[tuple[bytes, bytes]] = (),
-) -> None:
-    body = error_body(code, message, detail)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def header(scope: Scope, name: bytes) -> bytes | None:
@@ -108,14 +85,16 @@ class HeaderLimitMiddleware:
             "max_headers": self.max_headers,
             "max_header_bytes": self.max_header_bytes,
         }
-        await send_error(send, 431, code, message, detail, [(b"connection", b"close")])
+        refusal = error_response(431, code, message, detail, {"connection": "close"})
+        await refusal(scope, receive, send)
 
 
 class ApiKeyMiddleware:
     """With a key configured, every path but `public_paths` needs `Authorization: Bearer <key>`.
 
-    Deny by default: a route added later is protected without anyone remembering to protect it,
-    and an unknown path answers 401 rather than revealing which paths exist.
+    The API's only key check. Deny by default: a route added later is protected without anyone
+    remembering to protect it, and an unknown path answers 401 rather than revealing which
+    paths exist.
     """
 
     def __init__(self, app: ASGIApp, api_key: str | None, public_paths: Iterable[str]) -> None:
@@ -131,13 +110,13 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
             return
         if not bearer_key_matches(header(scope, b"authorization"), self.api_key):
-            await send_error(
-                send,
+            refusal = error_response(
                 401,
                 "unauthorized",
                 "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
-                headers=[(b"www-authenticate", b"Bearer")],
+                headers={"www-authenticate": "Bearer"},
             )
+            await refusal(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -158,15 +137,15 @@ class BodyLimitMiddleware:
         self.app = app
         self.max_bytes = max_bytes
 
-    async def _refuse(self, send: Send) -> None:
-        await send_error(
-            send,
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        refusal = error_response(
             413,
             "body_too_large",
             f"Request body is larger than the limit of {self.max_bytes} bytes.",
             {"max_bytes": self.max_bytes},
-            [(b"connection", b"close")],
+            {"connection": "close"},
         )
+        await refusal(scope, receive, send)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -179,7 +158,7 @@ class BodyLimitMiddleware:
                 except ValueError:
                     declared = self.max_bytes + 1
                 if declared > self.max_bytes:
-                    await self._refuse(send)
+                    await self._refuse(scope, receive, send)
                     return
 
         received = 0
@@ -204,7 +183,39 @@ class BodyLimitMiddleware:
             await self.app(scope, counting_receive, tracking_send)
         except BodyTooLargeInStream:
             if not response_started:
-                await self._refuse(send)
+                await self._refuse(scope, receive, send)
+
+
+class CancelledAnswerMiddleware:
+    """A request cancelled before its answer started (the drain timeout ran out) is answered 503
+    with the envelope and Retry-After, instead of uvicorn's plain-text 500."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tracking_send)
+        except asyncio.CancelledError:
+            if started:
+                raise
+            refusal = error_response(
+                503,
+                "unavailable",
+                "The server is shutting down and could not answer in time.",
+                headers={"Retry-After": str(RETRY_AFTER_SECONDS), "connection": "close"},
+            )
+            await refusal(scope, receive, send)
 
 
 def install_middleware(app, settings) -> None:
@@ -223,3 +234,4 @@ def install_middleware(app, settings) -> None:
         max_headers=settings.max_headers,
         max_header_bytes=settings.max_header_bytes,
     )
+    app.add_middleware(CancelledAnswerMiddleware)

@@ -53,6 +53,12 @@ SERVE_SETTINGS = [
     "port",
     "max_tokens",
     "max_body_bytes",
+    "max_response_bytes",
+    "max_unsent_response_bytes",
+    "write_timeout",
+    "max_connections",
+    "request_head_timeout",
+    "request_body_timeout",
     "max_concurrency",
     "max_queue",
     "torch_threads",
@@ -84,26 +90,9 @@ STARTUP_FAILURE = 3
 
 def uvicorn_config(app, settings: Settings):  # -> uvicorn.Config
     """The server's protocol limits, from the settings (also used by the tests)."""
-    import uvicorn
+    from headscope.api.server import uvicorn_config as config
 
-    from headscope.api.protocol import envelope_httptools_protocol
-
-    return uvicorn.Config(
-        app,
-        host=settings.host,
-        port=int(settings.port),
-        log_level=settings.log_level,
-        # httptools (C parser: a fraction of h11's cost per request), answering malformed requests
-        # with the JSON envelope and cutting off a request head that never ends; the exact header
-        # limits are HeaderLimitMiddleware's.
-        http=envelope_httptools_protocol(settings.max_header_bytes),
-        timeout_keep_alive=settings.keep_alive_timeout,
-        # On SIGTERM uvicorn stops accepting, lets in-flight requests finish for this long, then
-        # cancels what is left; the lifespan then drops queued analyses and exits.
-        timeout_graceful_shutdown=settings.drain_timeout,
-        server_header=False,
-        lifespan="on",
-    )
+    return config(app, settings)
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -116,9 +105,8 @@ def serve(args: argparse.Namespace) -> int:
     # Truncated or tampered files stop the server in a second, before the slow imports below.
     check_artifacts(settings)
 
-    import uvicorn
-
     from headscope.analysis.service import load_runtime
+    from headscope.api.server import run
     from headscope.app import create_app
 
     # Load before binding the port, so a missing file fails fast with a clear message.
@@ -131,9 +119,7 @@ def serve(args: argparse.Namespace) -> int:
             settings.host,
             settings.port,
         )
-    server = uvicorn.Server(uvicorn_config(app, settings))
-    server.run()
-    return 0 if server.started else STARTUP_FAILURE
+    return 0 if run(app, settings) else STARTUP_FAILURE
 
 
 def build_parser() -> tuple[

@@ -33,6 +33,22 @@ __all__ = [
 
 Alignment = Literal["overlap", "paper"]
 
+# Most entries a layers/heads/patterns list may have, whatever the model: a bound checked while
+# parsing, far above any real model's geometry (each entry must also be distinct and exist in
+# the loaded model, which caps a list at its layer or head count).
+MAX_SELECTION = 4096
+
+
+def refuse_duplicates(values: list, what: str) -> list:
+    """Each entry once: a repeated layer, head or pattern would multiply the response's size
+    (and its cost) without adding anything."""
+    seen: set = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{what} lists {value} more than once; list each at most once")
+        seen.add(value)
+    return values
+
 
 class RequestModel(BaseModel):
     """Base of every request body: unknown fields are an error."""
@@ -106,11 +122,20 @@ class ActivityRequest(OutputOptions, TextRequest):
     )
 
     layers: list[int] | None = Field(
-        default=None, description="Layers to report, from 0. Default: all layers."
+        default=None,
+        max_length=MAX_SELECTION,
+        description="Layers to report, from 0, each at most once. Default: all layers.",
     )
     heads: list[int] | None = Field(
-        default=None, description="Heads to report in each layer, from 0. Default: all heads."
+        default=None,
+        max_length=MAX_SELECTION,
+        description="Heads to report in each layer, from 0, each at most once. Default: all heads.",
     )
+
+    @field_validator("layers", "heads")
+    @classmethod
+    def _each_once(cls, values: list[int] | None, info) -> list[int] | None:
+        return values if values is None else refuse_duplicates(values, info.field_name)
 
 
 class ActivityResponse(BaseModel):
@@ -166,9 +191,16 @@ class AnalyzeRequest(PatternOutputOptions, TextRequest):
 
     patterns: list[HeadRef] = Field(
         default_factory=list,
-        description="Heads whose full attention pattern to return. Activity is always returned "
-        "for every head.",
+        max_length=MAX_SELECTION,
+        description="Heads whose full attention pattern to return, each at most once. Activity "
+        "is always returned for every head.",
     )
+
+    @field_validator("patterns")
+    @classmethod
+    def _each_head_once(cls, patterns: list[HeadRef]) -> list[HeadRef]:
+        refuse_duplicates([f"layer {ref.layer} head {ref.head}" for ref in patterns], "patterns")
+        return patterns
 
 
 class HeadPattern(BaseModel):
@@ -214,7 +246,10 @@ class HealthResponse(BaseModel):
 
 class ReadyResponse(BaseModel):
     ready: bool = Field(description="True once the model is loaded.")
-    model_id: str | None = Field(default=None, description="The loaded model, if any.")
+    model_id: str | None = Field(
+        default=None,
+        description="The loaded model: its hub id, or a local directory's name (never a path).",
+    )
     probes: Literal["loaded", "unavailable"] = Field(
         default="unavailable", description="Whether probe endpoints can answer."
     )

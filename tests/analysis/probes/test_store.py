@@ -15,7 +15,7 @@ import pytest
 from safetensors.numpy import load_file
 
 from headscope.analysis.probes import attach_probes, list_runs, load_probe_run
-from headscope.analysis.probes.store import MANIFEST, WEIGHTS, ProbeRunError
+from headscope.analysis.probes.store import MANIFEST, WEIGHTS, ProbeRunError, manifest_sha256
 from headscope.errors import InvalidRequest, StartupError, UnknownHead
 from headscope.settings import Settings
 from tests.helpers import CORPUS
@@ -26,10 +26,14 @@ def copy_run(source, target):
     return target
 
 
-def edit_manifest(directory, change):
+def edit_manifest(directory, change, *, rehash_manifest=True):
+    """Change a run's manifest as a new valid run would have it (its own hash recomputed), or,
+    with rehash_manifest=False, as a hand edit would leave it."""
     path = directory / MANIFEST
     manifest = json.loads(path.read_text())
     change(manifest)
+    if rehash_manifest:
+        manifest["manifest_sha256"] = manifest_sha256(manifest)
     path.write_text(json.dumps(manifest))
 
 
@@ -114,6 +118,22 @@ def test_tampered_weights_are_refused(probe_run_dir, runtime, settings, tmp_path
     attach_probes(probed, settings.model_copy(update={"probes": run, "allow_missing_probes": True}))
     assert probed.probes is None and "sha256" in probed.probes_reason
     assert str(run) not in probed.probes_reason  # no server paths in what HTTP bodies show
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda m: m["metrics"]["support"].update(NN=10**6),  # a metric
+        lambda m: m.update(tags=[*m["tags"][:-1], "XX"]),  # a tag
+        lambda m: m.pop("manifest_sha256"),  # the hash itself
+    ],
+)
+def test_an_edited_manifest_is_refused_by_its_own_hash(probe_run_dir, runtime, tmp_path, edit):
+    run = copy_run(probe_run_dir, tmp_path / "run")
+    edit_manifest(run, edit, rehash_manifest=False)
+    with pytest.raises(ProbeRunError) as caught:
+        load_probe_run(run, expected_fingerprint=runtime.weights_sha256)
+    assert caught.value.check == "manifest sha256", caught.value
 
 
 def test_a_run_for_another_model_is_refused(probe_run_dir, random_runtime, random_model_dir):

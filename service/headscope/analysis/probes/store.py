@@ -4,7 +4,8 @@ of each artifact. `load_probe_run` verifies a run before anything uses it; `Prob
 
     models_store/<run_id>/
         manifest.json        run id, created, model fingerprint, tokenizer + tagger identity,
-                             corpus sha256, split, tags, vectors, libraries, metrics, artifacts
+                             corpus sha256, split, tags, vectors, libraries, metrics, artifacts,
+                             and manifest_sha256 over all of that
         probes.safetensors   "<vector>.coef" [layer, head, tag, d_head] and
                              "<vector>.intercept" [layer, head, tag], float32
 """
@@ -90,6 +91,15 @@ _FLAT_LIST = re.compile(
 )
 
 
+def manifest_sha256(manifest: dict[str, Any]) -> str:
+    """The hash over the manifest's own content (every key but the hash itself, canonical JSON):
+    metrics and tags edited by hand or corrupted on disk no longer match it. Like the artifact
+    hashes it catches change, not a forger who recomputes it."""
+    content = {key: value for key, value in manifest.items() if key != "manifest_sha256"}
+    canonical = json.dumps(content, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
 def _manifest_text(manifest: dict[str, Any]) -> str:
     """Indented JSON with each row of numbers on one line: readable, and a third the size."""
     text = json.dumps(manifest, indent=1)
@@ -118,6 +128,7 @@ def save_run(directory: Path, manifest: dict[str, Any], tensors: dict[str, np.nd
         **manifest,
         "artifacts": {WEIGHTS: {"sha256": sha256_file(artifact), "bytes": artifact.stat().st_size}},
     }
+    manifest["manifest_sha256"] = manifest_sha256(manifest)
     (partial / MANIFEST).write_text(_manifest_text(manifest))
     if directory.exists():
         directory.rmdir()
@@ -157,6 +168,14 @@ def load_probe_run(directory: Path | str, *, expected_fingerprint: str | None) -
     if not directory.is_dir():
         raise ProbeRunError(directory, "folder", "no such folder")
     manifest = read_manifest(directory)
+    recorded = manifest.get("manifest_sha256")
+    if recorded != manifest_sha256(manifest):
+        problem = "records no manifest_sha256" if recorded is None else "does not match its hash"
+        raise ProbeRunError(
+            directory,
+            "manifest sha256",
+            f"{MANIFEST} {problem} (its metrics or tags were changed; train the run again)",
+        )
     _check_artifacts(directory, manifest)
     fingerprint = manifest["model"].get("weights_sha256")
     if expected_fingerprint is not None and fingerprint != expected_fingerprint:

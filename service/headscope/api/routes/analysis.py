@@ -11,8 +11,8 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from headscope.analysis.pool import AnalysisPool
 from headscope.analysis.service import Runtime
+from headscope.api.costs import check_response_size
 from headscope.api.deps import PoolDep, RuntimeDep
 from headscope.encoding import JSON, NPY, SAFETENSORS, negotiate
 from headscope.schemas import (
@@ -56,6 +56,22 @@ async def tag(request: TagRequest, runtime: RuntimeDep, pool: PoolDep) -> Respon
     return Response(body, media_type=JSON)
 
 
+def response_size(
+    http: Request, runtime: Runtime, request, media_type: str, per_token: int, per_pair: int
+) -> None:
+    """413 before any work when the response would be over `max_response_bytes`."""
+    check_response_size(
+        text=request.text,
+        numbers_per_token=per_token,
+        numbers_per_token_pair=per_pair,
+        media_type=media_type,
+        dtype=request.dtype,
+        decimals=request.decimals,
+        max_tokens=runtime.max_tokens,
+        max_response_bytes=http.app.state.settings.max_response_bytes,
+    )
+
+
 @router.post(
     "/activity", response_model=ActivityResponse, responses=binary_responses(SAFETENSORS, NPY)
 )
@@ -63,7 +79,15 @@ async def activity(
     request: ActivityRequest, runtime: RuntimeDep, pool: PoolDep, http: Request
 ) -> Response:
     """Activity (L2 norm of the head's residual contribution) per layer, head and token."""
-    body, media_type = await activity_response(runtime, pool, request, http.headers.get("accept"))
+    media_type = negotiate(http.headers.get("accept"), has_single_array=True)
+    g = runtime.geometry
+    # Distinct entries (the schema's rule) that exist in the model: at most its geometry.
+    layers = min(len(request.layers), g.n_layers) if request.layers is not None else g.n_layers
+    heads = min(len(request.heads), g.n_heads) if request.heads is not None else g.n_heads
+    response_size(http, runtime, request, media_type, layers * heads, 0)
+    body = await pool.run(
+        runtime.encoded, runtime.activity_payload, request, media_type, "activity"
+    )
     return Response(body, media_type=media_type)
 
 
@@ -75,6 +99,8 @@ async def attention(
 ) -> Response:
     """Attention pattern of one head: all query rows, or one row."""
     media_type = negotiate(http.headers.get("accept"), has_single_array=True)
+    one_row = request.query is not None
+    response_size(http, runtime, request, media_type, int(one_row), int(not one_row))
     body = await pool.run(
         runtime.encoded, runtime.attention_payload, request, media_type, "pattern"
     )
@@ -86,33 +112,10 @@ async def analyze(
     request: AnalyzeRequest, runtime: RuntimeDep, pool: PoolDep, http: Request
 ) -> Response:
     """Tags, every head's activity and chosen heads' patterns in one call, for a viewer."""
-    body, media_type = await analyze_response(runtime, pool, request, http.headers.get("accept"))
-    return Response(body, media_type=media_type)
-
-
-# What the two busiest routes do, shared with their lean path (headscope.api.lean).
-
-
-async def activity_response(
-    runtime: Runtime, pool: AnalysisPool, request: ActivityRequest, accept: str | None
-) -> tuple[bytes, str]:
-    media_type = negotiate(accept, has_single_array=True)
-    body = await pool.run(
-        runtime.encoded, runtime.activity_payload, request, media_type, "activity"
-    )
-    return body, media_type
-
-
-async def analyze_response(
-    runtime: Runtime, pool: AnalysisPool, request: AnalyzeRequest, accept: str | None
-) -> tuple[bytes, str]:
-    media_type = negotiate(accept, has_single_array=False)
+    media_type = negotiate(http.headers.get("accept"), has_single_array=False)
+    g = runtime.geometry
+    heads = g.n_layers * g.n_heads
+    response_size(http, runtime, request, media_type, heads, min(len(request.patterns), heads))
     runtime.prefetch_tags(request.text)
     body = await pool.run(runtime.encoded, runtime.analyze_payload, request, media_type)
-    return body, media_type
-
-
-LEAN_ROUTES = {
-    "/v1/activity": (ActivityRequest, activity_response),
-    "/v1/analyze": (AnalyzeRequest, analyze_response),
-}
+    return Response(body, media_type=media_type)
