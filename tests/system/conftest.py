@@ -184,6 +184,14 @@ def processes(probe_run_dir, tmp_path_factory):
             *("--store", str(root / "soak-store"), "--log-level", "warning"),
         ),
         "drain30": draining(30, analysis_seconds=1.0),
+        # Analyses of a second each by design, two at a time: the pool stays busy for as long
+        # as the health test needs, whatever the machine's speed.
+        "busy": launch(
+            *("--model", str(STANDIN_DIR), "--store", str(root / "busy-store")),
+            *("--allow-missing-probes", "--log-level", "warning"),
+            module="tests.system.slow_serve",
+            HEADSCOPE_TEST_ANALYSIS_DELAY="1.0",
+        ),
         "drain1": draining(1, analysis_seconds=3.0),
         "trapped": launch(
             *("--model", str(STANDIN_DIR), "--store", str(trapped_store)),

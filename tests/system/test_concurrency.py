@@ -4,7 +4,6 @@ them, health checks answered meanwhile) and no crosstalk between concurrent requ
 from __future__ import annotations
 
 import platform
-import statistics
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,8 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from headscope.model.loading import load_tokenizer
-from tests.helpers import CORPUS, STANDIN_DIR
+from tests.helpers import CORPUS
 from tests.system.conftest import assert_envelope, configured_server
 
 
@@ -92,46 +90,36 @@ def test_past_the_queue_requests_are_refused_and_the_admitted_succeed(settings, 
         assert_same(response.json(), alone.model_dump(mode="json"), text)
 
 
-def test_health_answers_fast_while_32_attention_requests_run(processes):
-    """On a real `headscope serve` process (default settings): clients in this process would
-    share its GIL with an in-process server, and their Python would count as the server's."""
-    server = processes[0]["soak"]
-    # Stories of 500 tokens: long enough that the 32 analyses keep the pool busy for a while.
-    stories = [" ".join(paragraphs(320)[i::32]) for i in range(32)]
-    tokenizer = load_tokenizer(STANDIN_DIR)
-    texts = [
-        tokenizer.decode(tokenizer(story, add_special_tokens=False).input_ids[:500])
-        for story in stories
-    ]
+def test_health_answers_while_the_pool_is_busy(processes):
+    """/healthz never queues behind analyses. On a real `headscope serve` whose analyses take a
+    second each by design (tests/system/slow_serve.py), 16 of them at 2 a time keep the pool
+    busy for 8 s, and health checks keep answering while half of them still wait: a health
+    check queued behind analyses could not. (Its latency under load is measured in bench/.)"""
+    server = processes[0]["busy"]
     latencies: list[float] = []
-    # One shared client: a new httpx client per request costs more CPU (TLS context) than the
-    # request itself, and that CPU would come out of the server's share.
-    limits = httpx.Limits(max_connections=40)
+    pending_at_answer: list[int] = []  # analyses not yet answered when each health check was
     with (
-        httpx.Client(base_url=server.base_url, limits=limits, timeout=120) as load,
-        httpx.Client(base_url=server.base_url) as health,
-        ThreadPoolExecutor(32) as clients,
+        httpx.Client(base_url=server.base_url, timeout=120) as load,
+        httpx.Client(base_url=server.base_url, timeout=30) as health,
+        ThreadPoolExecutor(16) as clients,
     ):
-        load.post("/v1/attention", json={"text": texts[0], "layer": 0, "head": 0})
 
         def analyse(index: int) -> int:
-            body = {"text": texts[index], "layer": index % 8, "head": (3 * index) % 16}
+            body = {"text": f"Tom saw {index} red birds.", "layer": index % 8, "head": index}
             return load.post("/v1/attention", json=body).status_code
 
-        futures = [clients.submit(analyse, i) for i in range(32)]
+        futures = [clients.submit(analyse, i) for i in range(16)]
         while not all(f.done() for f in futures):
             started = time.perf_counter()
             assert health.get("/healthz").status_code == 200
             latencies.append(time.perf_counter() - started)
-            time.sleep(0.002)
+            pending_at_answer.append(sum(not f.done() for f in futures))
+            time.sleep(0.05)
         statuses = [f.result() for f in futures]
-    assert statuses == [200] * 32
-    assert len(latencies) >= 20, "the attention requests finished before health was sampled"
-    p99 = statistics.quantiles(latencies, n=100, method="inclusive")[98]
-    median = statistics.median(latencies)
-    print(f"/healthz under load: {len(latencies)} samples, p50 {median * 1e3:.1f} ms, ", end="")
-    print(f"p99 {p99 * 1e3:.1f} ms")
-    assert p99 < 0.050, f"p99 {p99 * 1e3:.1f} ms over {len(latencies)} samples"
+    assert statuses == [200] * 16
+    print(f"/healthz while busy: {len(latencies)} samples, max {max(latencies) * 1e3:.1f} ms")
+    answered_while_half_waited = sum(pending >= 8 for pending in pending_at_answer)
+    assert answered_while_half_waited >= 5, pending_at_answer
 
 
 ROUTES = ("/v1/attention", "/v1/analyze", "/v1/activity", "/v1/tag")

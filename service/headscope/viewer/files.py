@@ -15,7 +15,8 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from headscope.api.guards import app_path, error_body
+from headscope.api.guards import app_path
+from headscope.api.responses import error_body
 
 STATIC = Path(__file__).parent / "static"
 # Swagger UI's and ReDoc's bundles (MIT and Apache-2.0), shipped inside the fastapi-offline wheel.
