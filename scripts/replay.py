@@ -5,12 +5,13 @@ that corpus against the current checkout to show what changed, byte for byte.
     python scripts/replay.py record --out DIR      # trains a probe run into DIR/probes first
     python scripts/replay.py compare --golden DIR  # exit status 1 on any difference
 
-Both start `python -m headscope.cli serve` (this interpreter, so the checkout it has installed)
-on 127.0.0.1 with a free port, `--model` the shared stand-in, `--probes DIR/probes`,
-`--log-level warning` and no other flag: every other setting is the checkout's default, so a
-changed default shows up as a difference. The environment is this one with every HEADSCOPE_*
-variable removed, then NLTK_DATA, HEADSCOPE_CORPUS (the shared sample), HF_HUB_OFFLINE=1 and
-HEADSCOPE_OFFLINE=1 set. Only loopback is ever contacted.
+Both start `headscope serve` (the entry point beside this interpreter, else
+`python -m headscope.cli`: the checkout this interpreter has installed) on 127.0.0.1 with a free
+port, `--model` the shared stand-in, `--probes DIR/probes`, `--log-level warning` and no other
+flag: every other setting is the checkout's default (attention_kernel=auto, torch_threads=1,
+tagger_process on, ...), so a changed default shows up as a difference. The environment is this
+one with every HEADSCOPE_* variable removed, then NLTK_DATA, HEADSCOPE_CORPUS (the shared sample),
+HF_HUB_OFFLINE=1 and HEADSCOPE_OFFLINE=1 set. Only loopback is ever contacted.
 
 The probe run is trained once, by `record`, with the recording checkout's
 `headscope probes train --max-sequences 40 --seed 0`, and kept in DIR/probes: `compare` serves
@@ -32,7 +33,8 @@ Excluded from byte identity, as nondeterministic by nature:
 - figure PNGs (/v1/figures/*.png): compared by status, content type and the image's width and
   height (from the PNG header); their bytes, sha256 and content-length are recorded but a change
   in them is only reported as a note, since another matplotlib or freetype may draw the same
-  figure with other bytes. `--strict-figures` counts such a change as a difference.
+  figure with other bytes (two recordings on one machine gave identical PNG bytes).
+  `--strict-figures` counts such a change as a difference.
 Nothing else is excluded: GET /v1/model has no field that differs between runs of the same
 checkout (checked by recording twice), so it is compared whole.
 
@@ -657,9 +659,16 @@ def server_env() -> dict[str, str]:
     return env
 
 
+def headscope_command() -> list[str]:
+    entry_point = Path(sys.executable).parent / "headscope"
+    if entry_point.is_file():
+        return [str(entry_point)]
+    return [sys.executable, "-m", "headscope.cli"]
+
+
 def serve_command(probes: Path, port: int) -> list[str]:
     return [
-        sys.executable, "-m", "headscope.cli", "serve",
+        *headscope_command(), "serve",
         "--model", str(MODEL_DIR),
         "--probes", str(probes),
         "--host", "127.0.0.1",
@@ -700,13 +709,13 @@ def running_server(probes: Path, log_path: Path) -> Iterator[str]:
 
 def train_probes(out: Path, log_path: Path) -> None:
     command = [
-        sys.executable, "-m", "headscope.cli", "probes", "train",
+        *headscope_command(), "probes", "train",
         "--model", str(MODEL_DIR),
         "--corpus", str(CORPUS),
         *PROBE_TRAIN_ARGS,
         "--out", str(out),
     ]  # fmt: skip
-    print("training probes:", " ".join(command[1:]), flush=True)
+    print("training probes:", " ".join(command), flush=True)
     with log_path.open("w") as log:
         result = subprocess.run(command, env=server_env(), stdout=log, stderr=subprocess.STDOUT)
     if result.returncode != 0:
@@ -833,7 +842,7 @@ def record(out: Path) -> int:
         "format": FORMAT,
         "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "checkout": git_describe(),
-        "serve": " ".join(serve_command(Path("<DIR>/probes"), 0)[1:]).replace(
+        "serve": " ".join(serve_command(Path("<DIR>/probes"), 0)).replace(
             "--port 0", "--port <free>"
         ),
         "environment": {"NLTK_DATA": str(NLTK_DATA), "HEADSCOPE_CORPUS": str(CORPUS),
