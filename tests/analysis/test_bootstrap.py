@@ -43,11 +43,20 @@ def test_interval_of_identical_sequences_has_no_width_and_undefined_stays_null()
     low, high = resampler.interval(lambda s, n: s / n[:, None], sums, counts)
     np.testing.assert_allclose(low, 1.5)
     np.testing.assert_allclose(high, 1.5)
-    # A tag present in one sequence of five: most resamples lack it, so no interval.
-    rare = np.zeros(5)
-    rare[0] = 1.0
-    low, high = resampler.interval(lambda s, n: s / n, rare, rare)
+    # A tag in no sequence: undefined in every resample, so no interval.
+    absent = np.zeros(5)
+    low, high = resampler.interval(lambda s, n: s / n, absent, absent)
     assert np.isnan(low) and np.isnan(high)
+    # In one sequence of five: every resample that has it agrees, so the interval has no width
+    # and says nothing; that is what the responses' small-support `warning` is for.
+    from headscope.analysis.bootstrap import support_warning
+
+    rare = np.zeros(5)
+    rare[0] = 2.0
+    low, high = resampler.interval(lambda s, n: s / n, rare, rare)
+    assert low == high == 1.0
+    assert "small support" in support_warning(tokens=2, sequences=1, what="it")
+    assert support_warning(tokens=200, sequences=30, what="it") is None
 
 
 def test_activity_by_tag_interval_is_rebuilt_from_per_text_activity(corpus_api, runtime):
@@ -93,7 +102,7 @@ def test_activity_by_tag_interval_is_rebuilt_from_per_text_activity(corpus_api, 
         np.asarray(x, dtype=float) for x in (body["lift"], got_lift["low"], got_lift["high"])
     )
     assert np.mean((low <= lift + 1e-12) & (lift <= high + 1e-12)) > 0.9
-    assert body["warning"] is None  # six stories, more than 20 past-tense verbs
+    assert body["positions"] == 18 and "18 token(s) from 6 sequence(s)" in body["warning"]
 
 
 def test_small_support_is_flagged_and_absent_statistics_have_no_interval(corpus_api):
@@ -102,9 +111,14 @@ def test_small_support_is_flagged_and_absent_statistics_have_no_interval(corpus_
     ).json()
     assert one["positions"] < 20 and "small support" in one["warning"]
     none = corpus_api.post(
-        "/v1/corpus/activity-by-tag", json={"texts": TEXTS[1:2], "tag": "VBD"}
+        "/v1/corpus/activity-by-tag", json={"texts": ["The cat is on the bed."], "tag": "VBD"}
     ).json()
     assert none["lift"] is None and none["ci"] is None and "small support" in none["warning"]
+
+    enough = corpus_api.post(
+        "/v1/corpus/activity-by-tag", json={"texts": STORIES * 2, "tag": "VBD"}
+    ).json()
+    assert enough["positions"] == 36 and enough["warning"] is None
 
     quotes = corpus_api.post("/v1/corpus/quotes", json={"texts": [QUOTED]}).json()
     assert "small support" in quotes["warning"]  # one sequence

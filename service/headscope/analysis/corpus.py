@@ -468,8 +468,10 @@ class CorpusAnalysis:
         mass = torch.zeros((n_tags, n_tags), dtype=torch.float64)
         uniform_mass = torch.zeros((n_tags, n_tags), dtype=torch.float64)
         counts = torch.zeros(n_tags, dtype=torch.float64)  # tokens per tag
-        # Per sequence, for the intervals: mass [sequence, query tag, key tag], tokens per tag.
-        sequence_mass, sequence_counts = [], []
+        # Per sequence (in request order), for the intervals: attention mass by query and key
+        # tag, and tokens per tag.
+        masses = np.zeros((len(sequences.encoded), n_tags, n_tags))  # [sequence, q tag, k tag]
+        tag_counts = np.zeros((len(sequences.encoded), n_tags))  # [sequence, tag]
 
         for batch, output in self._run_batches(
             sequences, progress, last_layer=layer, patterns=[(layer, head)]
@@ -487,8 +489,8 @@ class CorpusAnalysis:
                 mass += this_mass
                 uniform_mass += one_hot.T @ (uniform[:n, :n] @ one_hot)
                 counts += one_hot.sum(dim=0)
-                sequence_mass.append(this_mass.numpy())
-                sequence_counts.append(one_hot.sum(dim=0).numpy())
+                masses[index] = this_mass.numpy()
+                tag_counts[index] = one_hot.sum(dim=0).numpy()
 
         chosen = tag_index[tag]
         rows = []
@@ -518,8 +520,6 @@ class CorpusAnalysis:
                         )
                     )
         rows.sort(key=lambda row: (-row.attention, row.tag))
-        masses = np.stack(sequence_mass)  # [sequence, query tag, key tag]
-        tag_counts = np.stack(sequence_counts)  # [sequence, tag]
         resampler = Resampler.of(len(masses), request.seed)
         if direction == "from":
             low, high = resampler.interval(_ratio, masses[:, chosen, :], tag_counts[:, chosen])
@@ -569,8 +569,12 @@ class CorpusAnalysis:
         sum_at = np.zeros((g.n_layers, g.n_heads))
         sum_all = np.zeros((g.n_layers, g.n_heads))
         at_count = tag_count = 0
-        # Per sequence, for the intervals: sums at the position and overall, and their counts.
-        sequence_at, sequence_all, sequence_at_count, sequence_count = [], [], [], []
+        # Per sequence (in request order), for the intervals: sums at the position and overall
+        # ([sequence, layer, head]), and their token counts.
+        sequence_at = np.zeros((len(sequences.encoded), g.n_layers, g.n_heads))
+        sequence_all = np.zeros_like(sequence_at)
+        sequence_at_count = np.zeros(len(sequences.encoded))
+        sequence_count = np.zeros(len(sequences.encoded))
         for batch, output in self._run_batches(sequences, progress):
             activity = output.activity.double().numpy()  # [batch, layer, head, token]
             for row, index in enumerate(batch):
@@ -581,32 +585,32 @@ class CorpusAnalysis:
                 sum_at += this_at
                 sum_all += this_all
                 at_count += int(mask.sum())
-                sequence_at.append(this_at)
-                sequence_all.append(this_all)
-                sequence_at_count.append(float(mask.sum()))
-                sequence_count.append(float(n))
+                sequence_at[index] = this_at
+                sequence_all[index] = this_all
+                sequence_at_count[index] = mask.sum()
+                sequence_count[index] = n
                 tag_count += sum(t == request.tag for t in tags[index])
         mean_all = sum_all / sequences.tokens
         mean_at = sum_at / at_count if at_count else None
         ci = None
         if at_count:
-            resampler = Resampler.of(len(sequence_at), request.seed)
-            at, overall = np.stack(sequence_at), np.stack(sequence_all)  # [sequence, layer, head]
-            at_counts, counts = np.array(sequence_at_count), np.array(sequence_count)
+            resampler = Resampler.of(len(sequences.encoded), request.seed)
             ci = ActivityByTagIntervals(
                 **INTERVAL_SPEC,
-                mean_at_position=_grid_interval(resampler.interval(_ratio, at, at_counts)),
+                mean_at_position=_grid_interval(
+                    resampler.interval(_ratio, sequence_at, sequence_at_count)
+                ),
                 lift=_grid_interval(
                     resampler.interval(
                         lambda a, na, o, no: _ratio(a, na) / _ratio(o, no),
-                        at,
-                        at_counts,
-                        overall,
-                        counts,
+                        sequence_at,
+                        sequence_at_count,
+                        sequence_all,
+                        sequence_count,
                     )
                 ),
             )
-        with_position = sum(count > 0 for count in sequence_at_count)
+        with_position = int((sequence_at_count > 0).sum())
         progress.finish(sequences.tokens)
         return ActivityByTagResponse(
             tag=request.tag,
