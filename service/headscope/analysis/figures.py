@@ -317,9 +317,23 @@ def probe_tags_png(run, vector: str, metric: str, model: str, columns: int = 6) 
     """A grid of small heatmaps, one per tag (plus accuracy and macro): Appendix A/B."""
     tags = ["accuracy", "macro", *run.tags]
     rows = -(-len(tags) // columns)
-    figure = new_figure(int(columns * 260), int(rows * 190 + 80))
-    figure.set_layout_engine("constrained")
-    axes = figure.subplots(rows, columns, squeeze=False)
+    width, height = columns * 260, rows * 190 + 90
+    figure = new_figure(width, height)
+    # Fixed margins in pixels rather than a layout engine: solving the layout of forty panels
+    # costs more than drawing them.
+    axes = figure.subplots(
+        rows,
+        columns,
+        squeeze=False,
+        gridspec_kw={
+            "left": 50 / width,
+            "right": 1 - 110 / width,
+            "bottom": 45 / height,
+            "top": 1 - 80 / height,
+            "wspace": 0.25,
+            "hspace": 0.45,
+        },
+    )
     image = None
     for axis, tag in zip(axes.flat, tags, strict=False):
         grid, support = run.scores(vector, tag, metric)
@@ -334,7 +348,8 @@ def probe_tags_png(run, vector: str, metric: str, model: str, columns: int = 6) 
         axis.axis("off")
     figure.supxlabel("head")
     figure.supylabel("layer")
-    figure.colorbar(image, ax=axes, shrink=0.6, label=metric)
+    colorbar_axes = figure.add_axes((1 - 80 / width, 0.25, 15 / width, 0.5))
+    figure.colorbar(image, cax=colorbar_axes, label=metric)
     figure.suptitle(
         f"{metric} of {vector}-vector probes per tag, layer × head — run {run.run_id} ({model})"
     )
