@@ -33,8 +33,15 @@ def paper_vs_ours_png(run: ProbeRun, model: str) -> bytes:
     """One row per case-study tag: the paper's F1 grid, then ours."""
     paper = paper_reference().vectors
     rows = [(v, t) for v, t in COMPARED_GRIDS if v in run.vectors]
-    figure = new_figure(1000, 260 * max(len(rows), 1) + 60)
-    axes = figure.subplots(max(len(rows), 1), 2, squeeze=False)
+    height = 260 * max(len(rows), 1) + 60
+    figure = new_figure(1000, height)
+    axes = figure.subplots(
+        max(len(rows), 1),
+        2,
+        squeeze=False,
+        gridspec_kw={"left": 0.06, "right": 0.98, "bottom": 45 / height, "top": 1 - 60 / height},
+    )
+    figure.subplots_adjust(hspace=0.5, wspace=0.15)
     for (vector, tag), (left, right) in zip(rows, axes, strict=False):
         theirs = paper[vector].f1_of(tag)
         if theirs is None:
@@ -60,7 +67,6 @@ def paper_vs_ours_png(run: ProbeRun, model: str) -> bytes:
         else:
             right.axis("off")
     figure.suptitle(f"Probe F1 per layer × head: the paper's vs. {model}", fontsize=11)
-    figure.tight_layout()
     return png_bytes(figure)
 
 

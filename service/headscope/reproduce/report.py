@@ -283,7 +283,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "—"
     if isinstance(value, float):
-        return f"{value:+.{digits}f}" if digits < 0 else f"{value:.{digits}f}"
+        value = value if round(value, digits) != 0 else 0.0  # never "-0.000"
+        return f"{value:.{digits}f}"
     return str(value)
 
 
