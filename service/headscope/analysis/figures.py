@@ -489,17 +489,19 @@ def activity_by_tag_png(
     bar = 0.4
     if at is not None:
         low, high = _flat_bounds(result.ci.mean_at_position if result.ci else None, chosen)
+        errors = _error_bars(at, low, high)
         axes.bar(
             positions - bar / 2,
             at,
             bar,
             color=AT_COLOR,
             label=f"{result.position} {result.tag}" + (" (95% CI)" if low is not None else ""),
-            yerr=_error_bars(at, low, high),
+            yerr=errors,
             capsize=2,
         )
+        tops = at if errors is None else at + errors[1]  # labels above the interval
         for x, value, ratio in zip(
-            positions, at, np.asarray(result.lift).ravel()[chosen], strict=True
+            positions, tops, np.asarray(result.lift).ravel()[chosen], strict=True
         ):
             axes.text(
                 float(x) - bar / 2, value, f"×{ratio:.2f}", ha="center", va="bottom", fontsize=8
@@ -538,15 +540,17 @@ def quotes_png(
     outside = np.asarray(result.mean_outside).ravel()[chosen]
     ci = result.ci
     low, high = _flat_bounds(ci.mean_inside if ci else None, chosen)
+    errors = _error_bars(inside, low, high)
     activity_axes.bar(
         positions - bar / 2,
         inside,
         bar,
         color=AT_COLOR,
         label="inside quotes" + (" (95% CI)" if ci else ""),
-        yerr=_error_bars(inside, low, high),
+        yerr=errors,
         capsize=2,
     )
+    tops = inside if errors is None else inside + errors[1]  # labels above the interval
     low, high = _flat_bounds(ci.mean_outside if ci else None, chosen)
     activity_axes.bar(
         positions + bar / 2,
@@ -557,7 +561,7 @@ def quotes_png(
         yerr=_error_bars(outside, low, high),
         capsize=2,
     )
-    for x, value, r in zip(positions, inside, ratio.ravel()[chosen], strict=True):
+    for x, value, r in zip(positions, tops, ratio.ravel()[chosen], strict=True):
         activity_axes.text(
             float(x) - bar / 2, value, f"×{r:.2f}", ha="center", va="bottom", fontsize=8
         )
