@@ -21,11 +21,12 @@ REACH_SECONDS = 2.0
 OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HEADSCOPE_OFFLINE")
 
 
+def _set(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
 def offline() -> bool:
-    return any(
-        os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
-        for name in OFFLINE_VARIABLES
-    )
+    return any(_set(name) for name in OFFLINE_VARIABLES)
 
 
 def _cache_folder() -> str:
@@ -66,10 +67,10 @@ def _unavailable(what: str, why: str, fix: str) -> StartupError:
 
 def _check_network(what: str, fix: str) -> None:
     if offline():
-        names = " or ".join(f"{n}=1" for n in OFFLINE_VARIABLES if os.environ.get(n))
+        names = " and ".join(f"{name}=1" for name in OFFLINE_VARIABLES if _set(name))
         raise _unavailable(
             what,
-            f"offline ({names or 'HF_HUB_OFFLINE=1'}) and not in the Hugging Face cache "
+            f"offline ({names}) and not in the Hugging Face cache "
             f"({_cache_folder()}; HF_HOME moves it)",
             fix,
         )
