@@ -19,6 +19,9 @@ from tests.helpers import (
 os.environ.setdefault("NLTK_DATA", str(NLTK_DATA))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HEADSCOPE_OFFLINE", "1")
+# Servers train probes at first start by default; tests that want it say so, the rest start
+# probe-free in seconds.
+os.environ.setdefault("HEADSCOPE_TRAIN_PROBES_IF_MISSING", "0")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -1,13 +1,16 @@
 """The paper's case study 1 with the client only: heads that track quotations.
 
-1. Ask the probe run which heads' **key** vectors best recognise the quote marks: the per-head
-   F1 grids [layer, head] of the probes for `` (opening) and '' (closing), averaged.
+1. Rank the heads by two things, as GET /v1/heads/rank does for a tag: how well their **key**
+   vectors recognise quote marks (held-out F1 of the probes for `` and '', averaged over the tags
+   with at least MIN_SUPPORT held-out tokens: F1 on a handful of tokens is noise), and how much
+   more active they are inside quotations than outside over the server's corpus
+   (POST /v1/corpus/quotes). The combined score is the mean of the two percentile ranks.
 2. For the best head, compare its activity on tokens **inside** a quotation with tokens outside
    (tags from POST /v1/tag locate the quotation, POST /v1/activity gives the head's activity).
 3. And how much attention tokens inside the quotation pay to its opening quote mark
    (POST /v1/attention).
 
-Run it against a server that has probes loaded:
+Run it against a server that has probes loaded (and a corpus):
 
     python clients/examples/case_study_quotes.py --url http://127.0.0.1:8000
 
@@ -23,24 +26,28 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from headscope_client import Client, ProbeVector, Token, head_name
+from headscope_client import Client, ProbeVector, Token, UnavailableError, head_name
 
 DEFAULT_TEXT = (
     'Lily saw a big dog in the park. She said, "Can I pet the dog, Mom? He looks so soft." '
     "Her mom smiled and nodded. Lily was very happy."
 )
 OPENING, CLOSING = "``", "''"
+MIN_SUPPORT = 20  # held-out tokens a quote tag needs before its F1 counts
+CORPUS_SEQUENCES = 100
 
 
 @dataclass
 class ScoredHead:
     layer: int
     head: int
-    f1: dict[str, float]  # per quote tag scored
+    f1: dict[str, float]  # per quote tag scored (those with enough held-out support)
+    lift: float  # mean activity inside quotations / outside, over the corpus draw
+    score: float = 0.0  # mean of the F1 and lift percentile ranks: 1 = best on both
 
     @property
-    def score(self) -> float:
-        return sum(self.f1.values()) / len(self.f1)
+    def probe_score(self) -> float | None:
+        return sum(self.f1.values()) / len(self.f1) if self.f1 else None
 
     @property
     def name(self) -> str:
@@ -97,11 +104,17 @@ def find_quotations(tokens: list[Token]) -> Quotations:
     return Quotations(inside, outside, opening)
 
 
+def percentiles(values: np.ndarray) -> np.ndarray:
+    """1 - (rank - 1) / (n - 1) with competition ranks, 1 = highest: the server's combination."""
+    ranks = 1 + (values[None, :] > values[:, None]).sum(axis=1)
+    return 1 - (ranks - 1) / max(len(values) - 1, 1)
+
+
 def rank_quote_heads(
-    client: Client, vector: ProbeVector = "key"
+    client: Client, vector: ProbeVector = "key", n_sequences: int = CORPUS_SEQUENCES
 ) -> tuple[str, dict[str, str], list[ScoredHead]]:
-    """Heads ranked by the mean F1 of their `vector` probes over the quote tags that the probe
-    run can score (a tag it never saw, or with no held-out token, has no meaningful F1)."""
+    """Heads ranked by the mean F1 of their `vector` probes over the quote tags with enough
+    held-out support, combined with their activity lift inside quotations over the corpus."""
     run = client.probes()
     grids: dict[str, np.ndarray] = {}
     skipped: dict[str, str] = {}
@@ -110,24 +123,41 @@ def rank_quote_heads(
             skipped[tag] = "not among the probe run's tags"
             continue
         scores = client.probe_scores(vector, tag, metric="f1")
-        if not scores.support:
-            skipped[tag] = "no held-out token has it"
+        if (scores.support or 0) < MIN_SUPPORT:
+            skipped[tag] = f"{scores.support or 0} held-out tokens (< {MIN_SUPPORT})"
             continue
         grids[tag] = np.nan_to_num(scores.to_numpy())  # [layer, head]
-    if not grids:
-        raise ValueError(f"the probe run {run.run_id} cannot score quote marks: {skipped}")
-    n_layers, n_heads = next(iter(grids.values())).shape
+    lift = client.quotes(n_sequences=n_sequences).to_numpy("ratio")  # [layer, head]
+    n_layers, n_heads = lift.shape
     heads = [
-        ScoredHead(layer, head, {tag: float(grid[layer, head]) for tag, grid in grids.items()})
+        ScoredHead(
+            layer,
+            head,
+            {tag: float(grid[layer, head]) for tag, grid in grids.items()},
+            float(lift[layer, head]),
+        )
         for layer in range(n_layers)
         for head in range(n_heads)
     ]
-    heads.sort(key=lambda scored: (-scored.score, scored.layer, scored.head))
+    lift_part = percentiles(np.array([h.lift for h in heads]))
+    if grids:
+        probe_part = percentiles(np.array([h.probe_score for h in heads]))
+        combined = (probe_part + lift_part) / 2
+    else:  # no quote tag has the support to score heads: rank by the corpus lift alone
+        combined = lift_part
+    for scored, value in zip(heads, combined, strict=True):
+        scored.score = float(value)
+    heads.sort(key=lambda h: (-h.score, -(h.probe_score or 0.0), -h.lift, h.layer, h.head))
     return run.run_id, skipped, heads
 
 
-def run(client: Client, text: str = DEFAULT_TEXT, vector: ProbeVector = "key") -> CaseStudy:
-    probe_run, skipped_tags, ranking = rank_quote_heads(client, vector)
+def run(
+    client: Client,
+    text: str = DEFAULT_TEXT,
+    vector: ProbeVector = "key",
+    n_sequences: int = CORPUS_SEQUENCES,
+) -> CaseStudy:
+    probe_run, skipped_tags, ranking = rank_quote_heads(client, vector, n_sequences)
     best = ranking[0]
 
     tokens = client.tag(text).tokens
@@ -163,13 +193,16 @@ def run(client: Client, text: str = DEFAULT_TEXT, vector: ProbeVector = "key") -
 def report(study: CaseStudy, top: int = 5) -> str:
     tags = list(study.head.f1)
     lines = [
-        f"Heads whose {study.vector} probes best recognise quote marks "
-        f"(probe run {study.probe_run}, held-out F1):",
-        "  rank  head   " + "".join(f"{'F1(' + tag + ')':>8}" for tag in tags) + "    mean",
+        f"Heads that track quotations: {study.vector}-probe F1 on quote marks (probe run "
+        f"{study.probe_run}, held-out) and activity inside / outside quotations (corpus), "
+        "combined by percentile rank:",
+        "  rank  head   "
+        + "".join(f"{'F1(' + tag + ')':>8}" for tag in tags)
+        + "  inside/outside  combined",
     ]
     for rank, scored in enumerate(study.ranking[:top], start=1):
         f1 = "".join(f"{scored.f1[tag]:8.3f}" for tag in tags)
-        lines.append(f"  {rank:>4}  {scored.name:<6}{f1}  {scored.score:6.3f}")
+        lines.append(f"  {rank:>4}  {scored.name:<6}{f1}  {scored.lift:14.2f}  {scored.score:8.3f}")
     for tag, why in study.skipped_tags.items():
         lines.append(f"  ({tag} not scored: {why})")
     head = study.head.name
@@ -197,9 +230,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--text", default=DEFAULT_TEXT, help="a text with a quotation")
     parser.add_argument("--vector", default="key", choices=["key", "query", "value"])
     parser.add_argument("--top", type=int, default=5, help="heads to list")
+    parser.add_argument(
+        "--n-sequences",
+        type=int,
+        default=CORPUS_SEQUENCES,
+        help="corpus sequences behind the inside/outside lift",
+    )
     args = parser.parse_args(argv)
     with Client(args.url) as client:
-        study = run(client, args.text, args.vector)
+        try:
+            study = run(client, args.text, args.vector, args.n_sequences)
+        except UnavailableError as err:
+            if err.code == "probes_not_loaded":
+                print(f"train probes first: {err.message}", file=sys.stderr)
+            else:
+                print(f"the server cannot answer: {err.message}", file=sys.stderr)
+            return 1
     print(report(study, args.top))
     return 0
 

@@ -121,7 +121,9 @@ class Settings(BaseSettings):
         "model (probe endpoints then answer 503 with the reason) instead of refusing to start.",
     )
     train_probes_if_missing: bool = Field(
-        default=False, description="Train a default probe run at startup when none matches."
+        default=True,
+        description="Train the default probe run at startup when the store has none for the "
+        "loaded model (progress in the log; later starts load it); off: start without probes.",
     )
     probes_max_sequences: int = Field(
         default=200,

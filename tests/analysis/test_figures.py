@@ -111,31 +111,70 @@ def test_cli_writes_a_figure_file(tmp_path, capsys):
     texts_file = tmp_path / "stories.txt"
     texts_file.write_text("\n\n".join(TEXTS), encoding="utf-8")
     output = tmp_path / "out.png"
-    code = main(
-        [
-            "figures",
-            "attention-by-tag",
-            "--model",
-            str(STANDIN_DIR),
-            "--texts-file",
-            str(texts_file),
-            "--layer",
-            "1",
-            "--head",
-            "4",
-            "--from-tag",
-            "NN",
-            "--width",
-            "720",
-            "--height",
-            "360",
-            "-o",
-            str(output),
-        ]
-    )
-    assert code == 0
-    assert capsys.readouterr().out.strip() == str(output)
+    arguments = [
+        "figures",
+        "attention-by-tag",
+        "--model",
+        str(STANDIN_DIR),
+        "--texts-file",
+        str(texts_file),
+        "--layer",
+        "1",
+        "--head",
+        "4",
+        "--from-tag",
+        "NN",
+        "--width",
+        "720",
+        "--height",
+        "360",
+        "-o",
+        str(output),
+    ]
+    assert main(arguments) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {output}"
     assert png_size(output.read_bytes()) == (720, 360)
+
+    # An existing file is kept (refused before the model loads) unless --force.
+    output.write_bytes(b"keep me")
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert "exists" in error and "--force" in error and output.read_bytes() == b"keep me"
+    assert main([*arguments, "--force"]) == 0
+    assert png_size(output.read_bytes()) == (720, 360)
+
+
+def test_token_figures_wrap_at_word_boundaries():
+    """A word BPE splits into several tokens moves to the next line whole."""
+    from headscope.analysis.figures import Cell, _layout
+
+    words = ["Once", " upon", " a", " time", " there", " was", " a", " girl", " named"]
+    pieces = [Cell(text, 0.5) for text in words]
+    pieces += [Cell(" Lil", 0.5), Cell("ly", 0.5), Cell("bet", 0.5), Cell("h", 0.5)]
+    pieces += [Cell(".", 0.5), Cell(" She", 0.5)]
+    for width in range(300, 700, 7):
+        placed, _ = _layout(pieces, width)
+        lines = [item.line for item in placed]
+        # " Lil" "ly" "bet" "h" "." form one word: never split across lines.
+        assert len(set(lines[9:14])) == 1, (width, lines)
+
+
+def test_bar_charts_draw_the_intervals(corpus_api, runtime):
+    from headscope.analysis.corpus import CorpusAnalysis
+    from headscope.analysis.figures import activity_by_tag_png
+    from headscope.schemas import ActivityByTagRequest
+
+    analysis = CorpusAnalysis(runtime, runtime.settings)
+    result = analysis.activity_by_tag(ActivityByTagRequest(texts=TEXTS * 3, tag="NN"))
+    assert result.ci is not None
+    size = {"layer": 2, "top": 16, "width": 600, "height": 300, "model": "m"}
+    with_bars = activity_by_tag_png(result, **size)
+    without = activity_by_tag_png(result.model_copy(update={"ci": None}), **size)
+    assert png_size(with_bars) == png_size(without) == (600, 300)
+    with_pixels = np.asarray(Image.open(io.BytesIO(with_bars)).convert("L"), dtype=float)
+    plain_pixels = np.asarray(Image.open(io.BytesIO(without)).convert("L"), dtype=float)
+    # The error bars are dark strokes the plain chart lacks.
+    assert (with_pixels < 60).sum() > (plain_pixels < 60).sum()
 
 
 def test_cli_refuses_bad_options_before_loading_anything(tmp_path, capsys):

@@ -97,3 +97,34 @@ def test_train_refuses_bad_options(bad, capsys):
     with pytest.raises(SystemExit) as exited:
         main(["probes", "train", *bad])
     assert exited.value.code == 2
+
+
+def test_show_lists_top_heads_per_tag_with_enough_support(probe_run_dir, capsys):
+    from headscope.analysis.probes.store import load_probe_run
+
+    assert main(["probes", "show", str(probe_run_dir), "--top", "3"]) == 0
+    output = capsys.readouterr().out
+    run = load_probe_run(probe_run_dir, expected_fingerprint=None)
+    support = run.manifest["metrics"]["support"]
+    ranked = [tag for tag in run.tags if support[tag] >= 20]
+    thin = [tag for tag in run.tags if support[tag] < 20]
+    assert ranked and "top 3 heads per tag" in output
+    grid, _ = run.scores("key", ranked[0], "f1")
+    best = int(np.argmax(grid))
+    key_section = output.split("  key\n")[1]
+    line = next(row for row in key_section.splitlines() if row.strip().startswith(ranked[0] + " "))
+    assert f"L{best // 16}H{best % 16} {grid.max():.2f}" in line.split("): ", 1)[1].split(",")[0]
+    assert len(line.split("): ", 1)[1].split(",")) == 3
+    if thin:
+        assert "not ranked" in output and thin[0] in output.split("not ranked")[1]
+
+
+def test_plot_refuses_to_overwrite_without_force(probe_run_dir, tmp_path, capsys):
+    figure = tmp_path / "macro.png"
+    figure.write_bytes(b"keep")
+    command = ["probes", "plot", str(probe_run_dir), "--out", str(figure)]
+    assert main(command) == 2
+    assert "--force" in capsys.readouterr().err and figure.read_bytes() == b"keep"
+    assert main([*command, "--force"]) == 0
+    assert capsys.readouterr().out.strip() == f"wrote {figure}"
+    assert figure.read_bytes()[:8] == PNG_SIGNATURE

@@ -28,21 +28,35 @@ def example():
     sys.modules.pop(spec.name, None)
 
 
+STUDY_SEQUENCES = 20
+
+
 def test_case_study_runs_and_is_well_formed(example, probes_client):
-    study = example.run(probes_client)
+    study = example.run(probes_client, n_sequences=STUDY_SEQUENCES)
 
     assert len(study.ranking) == 128
     assert len({(scored.layer, scored.head) for scored in study.ranking}) == 128
     scores = [scored.score for scored in study.ranking]
     assert scores == sorted(scores, reverse=True) and all(0 <= s <= 1 for s in scores)
-    # The best head's score again, from the grids of the quote tags with held-out support.
+    # Only quote tags with enough held-out tokens score heads; the rest are named as skipped.
     run_tags = probes_client.probes().tags
     grids = [probes_client.probe_scores("key", tag) for tag in ("``", "''") if tag in run_tags]
-    scored = [grid for grid in grids if grid.support]
+    scored = [grid for grid in grids if (grid.support or 0) >= example.MIN_SUPPORT]
     assert set(study.head.f1) == {grid.tag for grid in scored}
     assert set(study.skipped_tags) == {"``", "''"} - set(study.head.f1)
-    best = np.mean([grid.to_numpy() for grid in scored], axis=0).max()  # over [layer, head]
-    assert study.head.score == pytest.approx(float(best))
+    # The combined score again, by pandas' ranking of the F1 grids and the server's lifts.
+    import pandas as pd
+
+    lift = probes_client.quotes(n_sequences=STUDY_SEQUENCES).to_numpy("ratio").ravel()
+    parts = [pd.Series(lift)]
+    if scored:
+        parts.append(pd.Series(np.mean([g.to_numpy() for g in scored], axis=0).ravel()))
+    percentile = [1 - (part.rank(method="min", ascending=False) - 1) / 127 for part in parts]
+    combined = sum(percentile) / len(percentile)
+    by_head = {(h.layer, h.head): h.score for h in study.ranking}
+    for index in range(128):
+        assert by_head[divmod(index, 16)] == pytest.approx(combined[index])
+    assert study.head.lift == pytest.approx(lift[study.head.layer * 16 + study.head.head])
 
     assert len(study.tokens) == len(study.inside) == len(study.activity)
     assert 0 < sum(study.inside) < len(study.tokens)
@@ -77,9 +91,22 @@ def test_quotation_finder_handles_merged_and_unclosed_quotes(example, probes_cli
     assert not found.inside[texts.index('."')] and not found.outside[texts.index('."')]
 
 
+def test_without_probes_the_script_says_train_probes_first_in_one_line(corpus_server):
+    completed = subprocess.run(
+        [sys.executable, str(EXAMPLE), "--url", corpus_server],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert completed.returncode == 1
+    assert completed.stderr.startswith("train probes first: ")
+    assert completed.stderr.count("\n") == 1 and "Traceback" not in completed.stderr
+
+
 def test_case_study_script_runs_from_the_command_line(probes_server):
     completed = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--url", probes_server, "--top", "3"],
+        [sys.executable, str(EXAMPLE), "--url", probes_server, "--top", "3"]
+        + ["--n-sequences", str(STUDY_SEQUENCES)],
         capture_output=True,
         text=True,
         timeout=120,

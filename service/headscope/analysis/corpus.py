@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel
 
+from headscope.analysis.bootstrap import METHOD, RESAMPLES, Resampler, support_warning
 from headscope.analysis.corpus_text import Corpus, load_corpus
 from headscope.analysis.service import Encoded, Runtime
 from headscope.cache import AnalysisCache, one_per_entry
@@ -40,15 +41,20 @@ from headscope.errors import (
 from headscope.model.engine import EngineOutput
 from headscope.schemas import (
     DEFAULT_N_SEQUENCES,
+    ActivityByTagIntervals,
     ActivityByTagRequest,
     ActivityByTagResponse,
+    AttentionByTagIntervals,
     AttentionByTagRequest,
     AttentionByTagResponse,
     CorpusSource,
     CorpusSourceRequest,
+    GridInterval,
     HeadId,
     HeadRankQuery,
     HeadRankResponse,
+    Interval,
+    QuotesIntervals,
     QuoteSpan,
     QuotesRequest,
     QuotesResponse,
@@ -190,6 +196,28 @@ def ranks(scores: np.ndarray) -> np.ndarray:
 
 def _grid(values: np.ndarray | None) -> list[list[float]] | None:
     return None if values is None else values.tolist()
+
+
+def _maybe(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _grid_interval(bounds: tuple[np.ndarray, np.ndarray]) -> GridInterval:
+    low, high = bounds
+    return GridInterval(
+        low=[[_maybe(v) for v in row] for row in low],
+        high=[[_maybe(v) for v in row] for row in high],
+    )
+
+
+def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """[resample, ...] / [resample] (or same shape), broadcast over trailing axes."""
+    while denominator.ndim < numerator.ndim:
+        denominator = denominator[..., None]
+    return numerator / denominator
+
+
+INTERVAL_SPEC = {"level": 0.95, "resamples": RESAMPLES, "method": METHOD}
 
 
 class CorpusAnalysis:
@@ -412,6 +440,10 @@ class CorpusAnalysis:
         mass = torch.zeros((n_tags, n_tags), dtype=torch.float64)
         uniform_mass = torch.zeros((n_tags, n_tags), dtype=torch.float64)
         counts = torch.zeros(n_tags, dtype=torch.float64)  # tokens per tag
+        # Per sequence (in request order), for the intervals: attention mass by query and key
+        # tag, and tokens per tag.
+        masses = np.zeros((len(sequences.encoded), n_tags, n_tags))  # [sequence, q tag, k tag]
+        tag_counts = np.zeros((len(sequences.encoded), n_tags))  # [sequence, tag]
 
         for batch, output in self._run_batches(
             sequences, progress, last_layer=layer, patterns=[(layer, head)]
@@ -425,9 +457,12 @@ class CorpusAnalysis:
                 ids = torch.tensor([tag_index[t] for t in tags[index]])
                 one_hot = torch.nn.functional.one_hot(ids, n_tags).double()  # [token, tag]
                 # Keys past n are padding, and a query before n never sees them (causal).
-                mass += one_hot.T @ (patterns[row, :n, :n] @ one_hot)
+                this_mass = one_hot.T @ (patterns[row, :n, :n] @ one_hot)
+                mass += this_mass
                 uniform_mass += one_hot.T @ (uniform[:n, :n] @ one_hot)
                 counts += one_hot.sum(dim=0)
+                masses[index] = this_mass.numpy()
+                tag_counts[index] = one_hot.sum(dim=0).numpy()
 
         chosen = tag_index[tag]
         rows = []
@@ -457,6 +492,21 @@ class CorpusAnalysis:
                         )
                     )
         rows.sort(key=lambda row: (-row.attention, row.tag))
+        resampler = Resampler.of(len(masses), request.seed)
+        if direction == "from":
+            low, high = resampler.interval(_ratio, masses[:, chosen, :], tag_counts[:, chosen])
+        else:
+            low, high = resampler.interval(_ratio, masses[:, :, chosen], tag_counts)
+        ci = AttentionByTagIntervals(
+            **INTERVAL_SPEC,
+            attention={
+                row.tag: Interval(
+                    low=_maybe(low[tag_index[row.tag]]), high=_maybe(high[tag_index[row.tag]])
+                )
+                for row in rows
+            },
+        )
+        with_tag = int((tag_counts[:, chosen] > 0).sum())
         progress.finish(sequences.tokens)
         return AttentionByTagResponse(
             layer=layer,
@@ -465,6 +515,8 @@ class CorpusAnalysis:
             tag=tag,
             tag_tokens=int(counts[chosen]),
             rows=rows,
+            ci=ci if rows else None,
+            warning=support_warning(int(counts[chosen]), with_tag, f"{tag} ({direction})"),
             source=sequences.source,
         )
 
@@ -489,17 +541,48 @@ class CorpusAnalysis:
         sum_at = np.zeros((g.n_layers, g.n_heads))
         sum_all = np.zeros((g.n_layers, g.n_heads))
         at_count = tag_count = 0
+        # Per sequence (in request order), for the intervals: sums at the position and overall
+        # ([sequence, layer, head]), and their token counts.
+        sequence_at = np.zeros((len(sequences.encoded), g.n_layers, g.n_heads))
+        sequence_all = np.zeros_like(sequence_at)
+        sequence_at_count = np.zeros(len(sequences.encoded))
+        sequence_count = np.zeros(len(sequences.encoded))
         for batch, output in self._run_batches(sequences, progress):
             activity = output.activity.double().numpy()  # [batch, layer, head, token]
             for row, index in enumerate(batch):
                 n = len(sequences.encoded[index])
                 mask = runs_of(tags[index], request.tag, request.position)
-                sum_at += activity[row, :, :, :n][:, :, mask].sum(axis=-1)
-                sum_all += activity[row, :, :, :n].sum(axis=-1)
+                this_at = activity[row, :, :, :n][:, :, mask].sum(axis=-1)
+                this_all = activity[row, :, :, :n].sum(axis=-1)
+                sum_at += this_at
+                sum_all += this_all
                 at_count += int(mask.sum())
+                sequence_at[index] = this_at
+                sequence_all[index] = this_all
+                sequence_at_count[index] = mask.sum()
+                sequence_count[index] = n
                 tag_count += sum(t == request.tag for t in tags[index])
         mean_all = sum_all / sequences.tokens
         mean_at = sum_at / at_count if at_count else None
+        ci = None
+        if at_count:
+            resampler = Resampler.of(len(sequences.encoded), request.seed)
+            ci = ActivityByTagIntervals(
+                **INTERVAL_SPEC,
+                mean_at_position=_grid_interval(
+                    resampler.interval(_ratio, sequence_at, sequence_at_count)
+                ),
+                lift=_grid_interval(
+                    resampler.interval(
+                        lambda a, na, o, no: _ratio(a, na) / _ratio(o, no),
+                        sequence_at,
+                        sequence_at_count,
+                        sequence_all,
+                        sequence_count,
+                    )
+                ),
+            )
+        with_position = int((sequence_at_count > 0).sum())
         progress.finish(sequences.tokens)
         return ActivityByTagResponse(
             tag=request.tag,
@@ -510,6 +593,10 @@ class CorpusAnalysis:
             mean_at_position=_grid(mean_at),
             mean_overall=mean_all.tolist(),
             lift=_grid(None if mean_at is None else mean_at / mean_all),
+            ci=ci,
+            warning=support_warning(
+                at_count, with_position, f"the mean {request.position} {request.tag}"
+            ),
             source=sequences.source,
         )
 
@@ -550,6 +637,12 @@ class CorpusAnalysis:
                         inside_tokens=max(stop - opening - 1, 0),
                     )
                 )
+        # Per sequence, for the intervals: [sequence, layer, head] sums and [sequence] counts.
+        shape = (len(sequences.encoded), g.n_layers, g.n_heads)
+        sequence_inside, sequence_outside = np.zeros(shape), np.zeros(shape)
+        sequence_to_opening = np.zeros(shape)
+        sequence_inside_count = np.zeros(len(sequences.encoded))
+        sequence_outside_count = np.zeros(len(sequences.encoded))
         # Only sequences with a quotation need every head's pattern; the rest need activity.
         with_quotes = [i for i, found in enumerate(spans_by_sequence) if found]
         for batch, output in self._run_batches(
@@ -570,8 +663,12 @@ class CorpusAnalysis:
                         marks[closing] = True
                 inside &= ~marks
                 outside = ~inside & ~marks
-                sum_inside += activity[row, :, :, :n][:, :, inside].sum(axis=-1)
-                sum_outside += activity[row, :, :, :n][:, :, outside].sum(axis=-1)
+                sequence_inside[index] = activity[row, :, :, :n][:, :, inside].sum(axis=-1)
+                sequence_outside[index] = activity[row, :, :, :n][:, :, outside].sum(axis=-1)
+                sequence_inside_count[index] = inside.sum()
+                sequence_outside_count[index] = outside.sum()
+                sum_inside += sequence_inside[index]
+                sum_outside += sequence_outside[index]
                 inside_count += int(inside.sum())
                 outside_count += int(outside.sum())
                 if inside.any():
@@ -580,7 +677,8 @@ class CorpusAnalysis:
                     assert output.all_patterns is not None
                     patterns = output.all_patterns[row]  # [layer, head, q, k]
                     weights = patterns[:, :, queries, keys].double().numpy()  # [l, h, inside]
-                    sum_to_opening += weights.sum(axis=-1)
+                    sequence_to_opening[index] = weights.sum(axis=-1)
+                    sum_to_opening += sequence_to_opening[index]
 
         mean_inside = sum_inside / inside_count if inside_count else None
         mean_outside = sum_outside / outside_count if outside_count else None
@@ -589,6 +687,31 @@ class CorpusAnalysis:
             if mean_inside is not None and mean_outside is not None
             else None
         )
+        ci = None
+        if inside_count and outside_count:
+            resampler = Resampler.of(len(sequences.encoded), request.seed)
+            ci = QuotesIntervals(
+                **INTERVAL_SPEC,
+                mean_inside=_grid_interval(
+                    resampler.interval(_ratio, sequence_inside, sequence_inside_count)
+                ),
+                mean_outside=_grid_interval(
+                    resampler.interval(_ratio, sequence_outside, sequence_outside_count)
+                ),
+                ratio=_grid_interval(
+                    resampler.interval(
+                        lambda i, ni, o, no: _ratio(i, ni) / _ratio(o, no),
+                        sequence_inside,
+                        sequence_inside_count,
+                        sequence_outside,
+                        sequence_outside_count,
+                    )
+                ),
+                attention_to_opening=_grid_interval(
+                    resampler.interval(_ratio, sequence_to_opening, sequence_inside_count)
+                ),
+            )
+        with_quotes_inside = int((sequence_inside_count > 0).sum())
         progress.finish(sequences.tokens)
         return QuotesResponse(
             spans=spans,
@@ -598,6 +721,8 @@ class CorpusAnalysis:
             mean_outside=_grid(mean_outside),
             ratio=_grid(ratio),
             attention_to_opening=_grid(sum_to_opening / inside_count if inside_count else None),
+            ci=ci,
+            warning=support_warning(inside_count, with_quotes_inside, "the mean inside quotations"),
             source=sequences.source,
         )
 

@@ -38,17 +38,15 @@ def read_corpus(path: str | Path) -> Corpus:
 
 
 def fetch_validation_corpus() -> Corpus:
-    """The TinyStories validation split from the hub (cached by huggingface_hub)."""
-    try:
-        from huggingface_hub import hf_hub_download
+    """The TinyStories validation split from the Hugging Face cache, or the hub."""
+    from headscope.hub import dataset_file
 
-        path = hf_hub_download(HUB_DATASET, HUB_VALIDATION_FILE, repo_type="dataset")
-    except Exception as err:  # noqa: BLE001 - every hub failure becomes one clear message
-        raise StartupError(
-            f"Could not fetch {HUB_DATASET}/{HUB_VALIDATION_FILE} from the hub "
-            f"({type(err).__name__}). Offline? Pass --corpus PATH (or HEADSCOPE_CORPUS) with a "
-            "text file of stories separated by blank lines or <|endoftext|> lines."
-        ) from err
+    path = dataset_file(
+        HUB_DATASET,
+        HUB_VALIDATION_FILE,
+        "Pass --corpus PATH (or HEADSCOPE_CORPUS) with a text file of stories separated by "
+        "blank lines or <|endoftext|> lines.",
+    )
     corpus = read_corpus(path)
     return Corpus(f"hub:{HUB_DATASET}/{HUB_VALIDATION_FILE}", corpus.sha256, corpus.sequences)
 

@@ -87,7 +87,7 @@ class _Placed:
     cell: Cell
 
 
-def _new_figure(width: int, height: int) -> Figure:
+def new_figure(width: int, height: int) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -96,7 +96,7 @@ def _new_figure(width: int, height: int) -> Figure:
     return figure
 
 
-def _png(figure: Figure) -> bytes:
+def png_bytes(figure: Figure) -> bytes:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=DPI)
     return buffer.getvalue()
@@ -129,22 +129,40 @@ def _layout(cells: Sequence[Cell], width: int) -> tuple[list[_Placed], int]:
     # A lone space measures as nothing; its advance is what it adds between two letters.
     space = measure("a a", False) - measure("aa", False)
     right = width - MARGIN
-    placed: list[_Placed] = []
-    x, line = float(MARGIN), 0
+    pieces = []  # (cell, body, leading spaces, body width, line breaks after)
     for cell in cells:
         text = _printable(cell.text)
-        breaks = text.count("\n")
         shown = text.replace("\n", NEWLINE_MARK)
         body = shown.lstrip(" ")
-        gap = (len(shown) - len(body)) * space if x > MARGIN else 0.0
+        leading = len(shown) - len(body)
         body = body.rstrip(" ")
-        body_width = measure(body, cell.bold) if body else space
-        if x + gap + body_width > right and x > MARGIN:
+        pieces.append(
+            (cell, body, leading, measure(body, cell.bold) if body else space, text.count("\n"))
+        )
+    # BPE splits words into several tokens ("L", "ily"); a line breaks only where a word starts
+    # (a token with leading space, or after a line break), unless one word is wider than a line.
+    word_width = [0.0] * len(pieces)
+    for index in range(len(pieces) - 1, -1, -1):
+        _, _, _, body_width, breaks = pieces[index]
+        follows = index + 1 < len(pieces) and pieces[index + 1][2] == 0 and not breaks
+        word_width[index] = body_width + (word_width[index + 1] if follows else 0.0)
+    placed: list[_Placed] = []
+    x, line = float(MARGIN), 0
+    starts_word = True
+    for index, (cell, body, leading, body_width, breaks) in enumerate(pieces):
+        starts_word = starts_word or leading > 0
+        gap = leading * space if x > MARGIN else 0.0
+        whole_word = word_width[index] if starts_word else body_width
+        fits_a_line = whole_word <= right - MARGIN
+        too_wide = x + gap + (whole_word if fits_a_line else body_width) > right
+        if too_wide and x > MARGIN and (starts_word or not fits_a_line):
             line, x, gap = line + 1, float(MARGIN), 0.0
         placed.append(_Placed(line, x + gap, body_width, body, cell))
         x += gap + body_width
+        starts_word = False
         if breaks:
             line, x = line + breaks, float(MARGIN)
+            starts_word = True
     lines = (placed[-1].line + 1) if placed else 1
     return placed, lines
 
@@ -174,7 +192,7 @@ def token_text_png(
         subtitle += f" · cut: {len(placed) - len(shown)} tokens past the figure's height"
 
     colormap = colormaps[colors]
-    figure = _new_figure(width, height)
+    figure = new_figure(width, height)
     pixels = IdentityTransform()  # draw in pixels, origin at the bottom left
     figure.text(
         MARGIN,
@@ -242,7 +260,135 @@ def token_text_png(
         transform=pixels,
         parse_math=False,
     )
-    return _png(figure)
+    return png_bytes(figure)
+
+
+def draw_probe_grid(axis, grid: np.ndarray, *, metric: str, title: str, annotate: bool):
+    """A [layer, head] heatmap of a probe metric on `axis` (the paper's Appendix A/B panels);
+    returns the image for a colour bar."""
+    if metric == "selectivity":
+        limit = max(float(np.nanmax(np.abs(grid))), 1e-6)
+        image = axis.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
+    else:
+        image = axis.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
+    n_layers, n_heads = grid.shape
+    axis.set_xticks(range(n_heads))
+    axis.set_yticks(range(n_layers))
+    axis.set_xlabel("head")
+    axis.set_ylabel("layer")
+    axis.set_title(title, fontsize=9)
+    if annotate:
+        for layer in range(n_layers):
+            for head in range(n_heads):
+                value = grid[layer, head]
+                light = metric != "selectivity" and value < 0.6
+                axis.text(
+                    head,
+                    layer,
+                    f"{value:.2f}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if light else "black",
+                )
+    return image
+
+
+def probe_heatmap_png(run, vector: str, tag: str, metric: str, model: str) -> bytes:
+    """One annotated heatmap: `metric` of `tag` from `vector` probes, per layer and head."""
+    grid, support = run.scores(vector, tag, metric)
+    figure = new_figure(900, 480)
+    axis = figure.subplots()
+    image = draw_probe_grid(
+        axis,
+        grid,
+        metric=metric,
+        title=f"{metric} of {tag} from {vector} vectors"
+        + ("" if support is None else f" (support {support})")
+        + f"\nrun {run.run_id} — {model}",
+        annotate=True,
+    )
+    figure.colorbar(image, ax=axis, label=metric)
+    figure.tight_layout()
+    return png_bytes(figure)
+
+
+def probe_tags_png(run, vector: str, metric: str, model: str, columns: int = 6) -> bytes:
+    """A grid of small heatmaps, one per tag (plus accuracy and macro): Appendix A/B."""
+    tags = ["accuracy", "macro", *run.tags]
+    rows = -(-len(tags) // columns)
+    width, height = columns * 260, rows * 190 + 90
+    figure = new_figure(width, height)
+    # Fixed margins in pixels rather than a layout engine: solving the layout of forty panels
+    # costs more than drawing them.
+    axes = figure.subplots(
+        rows,
+        columns,
+        squeeze=False,
+        gridspec_kw={
+            "left": 50 / width,
+            "right": 1 - 110 / width,
+            "bottom": 45 / height,
+            "top": 1 - 80 / height,
+            "wspace": 0.25,
+            "hspace": 0.45,
+        },
+    )
+    image = None
+    for axis, tag in zip(axes.flat, tags, strict=False):
+        grid, support = run.scores(vector, tag, metric)
+        label = tag if support is None else f"{tag} (n={support})"
+        image = draw_probe_grid(axis, grid, metric=metric, title=label, annotate=False)
+        axis.set_xticks(range(0, grid.shape[1], 5))
+        axis.set_yticks(range(0, grid.shape[0], 2))
+        axis.tick_params(labelsize=6)
+        axis.set_xlabel("")
+        axis.set_ylabel("")
+    for axis in list(axes.flat)[len(tags) :]:
+        axis.axis("off")
+    figure.supxlabel("head")
+    figure.supylabel("layer")
+    colorbar_axes = figure.add_axes((1 - 80 / width, 0.25, 15 / width, 0.5))
+    figure.colorbar(image, cax=colorbar_axes, label=metric)
+    figure.suptitle(
+        f"{metric} of {vector}-vector probes per tag, layer × head — run {run.run_id} ({model})"
+    )
+    return png_bytes(figure)
+
+
+def _error_bars(values: Sequence[float], low, high) -> np.ndarray | None:
+    """matplotlib's yerr ([2, bar]: below, above) from interval bounds; None without bounds."""
+    if low is None or high is None:
+        return None
+    values = np.asarray(values, dtype=np.float64)
+    low = np.asarray([np.nan if v is None else v for v in low], dtype=np.float64)
+    high = np.asarray([np.nan if v is None else v for v in high], dtype=np.float64)
+    below = np.clip(np.nan_to_num(values - low), 0, None)
+    above = np.clip(np.nan_to_num(high - values), 0, None)
+    return np.stack([below, above])
+
+
+def _flat_bounds(interval, chosen: Sequence[int]) -> tuple[list, list] | tuple[None, None]:
+    if interval is None:
+        return None, None
+    low = [value for row in interval.low for value in row]
+    high = [value for row in interval.high for value in row]
+    return [low[i] for i in chosen], [high[i] for i in chosen]
+
+
+def _support_note(axes, warning: str | None) -> None:
+    if warning:
+        axes.text(
+            0.99,
+            0.98,
+            "small support: " + warning.split(": ", 1)[-1].split(";")[0],
+            ha="right",
+            va="top",
+            transform=axes.transAxes,
+            color="#b42318",
+            fontsize=8,
+            parse_math=False,
+        )
 
 
 def _head_label(flat_index: int, n_heads: int) -> str:
@@ -266,7 +412,7 @@ def _chart_note(axes, text: str) -> None:
 def attention_by_tag_png(
     result: AttentionByTagResponse, *, top: int, width: int, height: int, model: str
 ) -> bytes:
-    figure = _new_figure(width, height)
+    figure = new_figure(width, height)
     axes = figure.subplots()
     rows = result.rows[:top]
     head = f"L{result.layer}H{result.head}"
@@ -278,8 +424,22 @@ def attention_by_tag_png(
         xlabel = "query tag"
     positions = np.arange(len(rows))
     bar = 0.4
+    bounds = result.ci.attention if result.ci is not None else {}
+    attention = [r.attention for r in rows]
     axes.bar(
-        positions - bar / 2, [r.attention for r in rows], bar, color=AT_COLOR, label="attention"
+        positions - bar / 2,
+        attention,
+        bar,
+        color=AT_COLOR,
+        label="attention (95% CI)" if bounds else "attention",
+        yerr=_error_bars(
+            attention,
+            [bounds[r.tag].low if r.tag in bounds else None for r in rows],
+            [bounds[r.tag].high if r.tag in bounds else None for r in rows],
+        )
+        if bounds
+        else None,
+        capsize=2,
     )
     axes.bar(
         positions + bar / 2,
@@ -296,9 +456,10 @@ def attention_by_tag_png(
         axes.legend(frameon=False)
     else:
         _chart_note(axes, f"no token is tagged {result.tag}")
+    _support_note(axes, result.warning)
     _footer(figure, model, result.source.sequences, result.source.tokens)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def activity_by_tag_png(
@@ -310,7 +471,7 @@ def activity_by_tag_png(
     height: int,
     model: str,
 ) -> bytes:
-    figure = _new_figure(width, height)
+    figure = new_figure(width, height)
     axes = figure.subplots()
     overall = np.asarray(result.mean_overall)  # [layer, head]
     n_heads = overall.shape[1]
@@ -327,11 +488,20 @@ def activity_by_tag_png(
     positions = np.arange(len(chosen))
     bar = 0.4
     if at is not None:
+        low, high = _flat_bounds(result.ci.mean_at_position if result.ci else None, chosen)
+        errors = _error_bars(at, low, high)
         axes.bar(
-            positions - bar / 2, at, bar, color=AT_COLOR, label=f"{result.position} {result.tag}"
+            positions - bar / 2,
+            at,
+            bar,
+            color=AT_COLOR,
+            label=f"{result.position} {result.tag}" + (" (95% CI)" if low is not None else ""),
+            yerr=errors,
+            capsize=2,
         )
+        tops = at if errors is None else at + errors[1]  # labels above the interval
         for x, value, ratio in zip(
-            positions, at, np.asarray(result.lift).ravel()[chosen], strict=True
+            positions, tops, np.asarray(result.lift).ravel()[chosen], strict=True
         ):
             axes.text(
                 float(x) - bar / 2, value, f"×{ratio:.2f}", ha="center", va="bottom", fontsize=8
@@ -346,20 +516,21 @@ def activity_by_tag_png(
     axes.margins(y=0.12)  # room for the lift labels
     axes.set_title(title, fontsize=12)
     axes.legend(frameon=False)
+    _support_note(axes, result.warning)
     _footer(figure, model, result.source.sequences, result.source.tokens)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def quotes_png(
     result: QuotesResponse, *, layer: int | None, top: int, width: int, height: int, model: str
 ) -> bytes:
-    figure = _new_figure(width, height)
+    figure = new_figure(width, height)
     activity_axes, attention_axes = figure.subplots(2, 1, sharex=True)
     if result.ratio is None or result.attention_to_opening is None:
         _chart_note(activity_axes, "no tokens inside quotations")
         _footer(figure, model, result.source.sequences, result.source.tokens)
-        return _png(figure)
+        return png_bytes(figure)
     ratio = np.asarray(result.ratio)
     n_heads = ratio.shape[1]
     chosen = _chosen_heads(ratio, layer, top)
@@ -367,9 +538,30 @@ def quotes_png(
     bar = 0.4
     inside = np.asarray(result.mean_inside).ravel()[chosen]
     outside = np.asarray(result.mean_outside).ravel()[chosen]
-    activity_axes.bar(positions - bar / 2, inside, bar, color=AT_COLOR, label="inside quotes")
-    activity_axes.bar(positions + bar / 2, outside, bar, color=BASELINE_COLOR, label="outside")
-    for x, value, r in zip(positions, inside, ratio.ravel()[chosen], strict=True):
+    ci = result.ci
+    low, high = _flat_bounds(ci.mean_inside if ci else None, chosen)
+    errors = _error_bars(inside, low, high)
+    activity_axes.bar(
+        positions - bar / 2,
+        inside,
+        bar,
+        color=AT_COLOR,
+        label="inside quotes" + (" (95% CI)" if ci else ""),
+        yerr=errors,
+        capsize=2,
+    )
+    tops = inside if errors is None else inside + errors[1]  # labels above the interval
+    low, high = _flat_bounds(ci.mean_outside if ci else None, chosen)
+    activity_axes.bar(
+        positions + bar / 2,
+        outside,
+        bar,
+        color=BASELINE_COLOR,
+        label="outside",
+        yerr=_error_bars(outside, low, high),
+        capsize=2,
+    )
+    for x, value, r in zip(positions, tops, ratio.ravel()[chosen], strict=True):
         activity_axes.text(
             float(x) - bar / 2, value, f"×{r:.2f}", ha="center", va="bottom", fontsize=8
         )
@@ -377,19 +569,25 @@ def quotes_png(
     activity_axes.margins(y=0.15)  # room for the ratio labels
     activity_axes.legend(frameon=False)
     which = f"layer {layer}" if layer is not None else "top heads by inside/outside ratio"
+    spans = len(result.spans)
     activity_axes.set_title(
-        f"Quotations: {len(result.spans)} spans, {result.inside_tokens} tokens inside ({which})",
+        f"Quotations: {spans} span{'' if spans == 1 else 's'}, {result.inside_tokens} tokens "
+        f"inside ({which})",
         fontsize=12,
     )
+    _support_note(activity_axes, result.warning)
     opening = np.asarray(result.attention_to_opening).ravel()[chosen]
-    attention_axes.bar(positions, opening, 0.6, color="#1f78b4")
+    low, high = _flat_bounds(ci.attention_to_opening if ci else None, chosen)
+    attention_axes.bar(
+        positions, opening, 0.6, color="#1f78b4", yerr=_error_bars(opening, low, high), capsize=2
+    )
     attention_axes.set_ylabel("attention to\nopening quote")
     attention_axes.set_xticks(
         positions, [_head_label(i, n_heads) for i in chosen], rotation=45 if len(chosen) > 12 else 0
     )
     _footer(figure, model, result.source.sequences, result.source.tokens)
     figure.tight_layout(rect=(0, 0.04, 1, 1))
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _footer(figure: Figure, model: str, sequences: int, tokens: int) -> None:
@@ -403,7 +601,7 @@ def _footer(figure: Figure, model: str, sequences: int, tokens: int) -> None:
     )
 
 
-def _model_label(model_id: str, limit: int = 60) -> str:
+def model_label(model_id: str, limit: int = 60) -> str:
     return model_id if len(model_id) <= limit else "…" + model_id[-(limit - 1) :]
 
 
@@ -413,7 +611,7 @@ class Figures:
     def __init__(self, runtime: Runtime, analysis: CorpusAnalysis) -> None:
         self.runtime = runtime
         self.analysis = analysis
-        self.model = _model_label(runtime.files.model_id)
+        self.model = model_label(runtime.files.model_id)
 
     def activity(self, query: ActivityFigureQuery) -> bytes:
         self.runtime.check_head(query.layer, query.head)

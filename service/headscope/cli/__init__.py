@@ -15,7 +15,11 @@ from headscope.settings import Settings
 log = logging.getLogger("headscope")
 
 # Subcommand modules, imported lazily so `headscope serve` loads nothing it does not need.
-SUBCOMMAND_MODULES: list[str] = ["headscope.cli.figures", "headscope.cli.probes"]
+SUBCOMMAND_MODULES: list[str] = [
+    "headscope.cli.figures",
+    "headscope.cli.probes",
+    "headscope.cli.reproduce",
+]
 
 
 def _flag(name: str) -> str:

@@ -125,6 +125,9 @@ def register(subparsers) -> None:
         if name in ("attention-by-tag", "activity-by-tag", "quotes"):
             _add_corpus_arguments(sub)
         sub.add_argument("-o", "--output", type=Path, help="PNG file to write.")
+        sub.add_argument(
+            "--force", action="store_true", help="Overwrite the PNG file if it exists."
+        )
         sub.add_argument("--width", type=int, help="Width in pixels (default 1000).")
         sub.add_argument("--height", type=int, help="Height in pixels (default: fit/500).")
         add_settings_arguments(sub, FIGURE_SETTINGS)
@@ -176,6 +179,10 @@ def write_figure(args: argparse.Namespace) -> int:
         )
         return _fail(f"invalid option: {problems}")
 
+    output = args.output or default_output(args)
+    if output.exists() and not args.force:
+        return _fail(f"{output} exists; pass --force to overwrite it, or -o another file")
+
     from headscope.analysis.corpus import CorpusAnalysis
     from headscope.analysis.figures import Figures
     from headscope.analysis.service import load_runtime
@@ -187,10 +194,9 @@ def write_figure(args: argparse.Namespace) -> int:
         data = getattr(figures, FIGURES[args.figure][1])(query)
     except HeadscopeError as err:
         return _fail(err.message)
-    output = args.output or default_output(args)
     try:
         output.write_bytes(data)
     except OSError as err:
         return _fail(f"cannot write {output}: {err.strerror}")
-    print(output)
+    print(f"wrote {output}")
     return 0

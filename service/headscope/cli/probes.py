@@ -13,8 +13,11 @@ import argparse
 import logging
 import re
 import sys
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
+from headscope.analysis.bootstrap import MIN_SUPPORT_TOKENS as MIN_SUPPORT
 from headscope.cli import add_settings_arguments, settings_from_args
 from headscope.errors import HeadscopeError
 
@@ -119,6 +122,7 @@ def register(subparsers) -> None:
 
     show_parser = commands.add_parser("show", help="Verify a run and print its summary.")
     show_parser.add_argument("run", type=Path, help="The run folder.")
+    show_parser.add_argument("--top", type=int, default=5, help="Heads listed per tag (default 5).")
     show_parser.set_defaults(handler=show)
 
     plot_parser = commands.add_parser(
@@ -141,6 +145,7 @@ def register(subparsers) -> None:
     plot_parser.add_argument(
         "--out", "-o", type=Path, default=None, help="PNG file (or folder with --all-tags)."
     )
+    plot_parser.add_argument("--force", action="store_true", help="Overwrite PNG files that exist.")
     plot_parser.set_defaults(handler=plot)
 
 
@@ -198,116 +203,69 @@ def show(args: argparse.Namespace) -> int:
         f"corpus {manifest['corpus']['source']}, method {manifest['probe']['method']}; "
         f"artifacts verified: {', '.join(manifest['artifacts'])}"
     )
+    print()
+    print(top_heads_table(run, args.top))
     return 0
+
+
+def top_heads_table(run, top: int) -> str:
+    """Per vector, the `top` heads by held-out F1 for every tag with enough support; the tags
+    with too few held-out tokens are named, never ranked."""
+    import numpy as np
+
+    support = run.manifest["metrics"]["support"]
+    ranked = [tag for tag in run.tags if support.get(tag, 0) >= MIN_SUPPORT]
+    skipped = [tag for tag in run.tags if support.get(tag, 0) < MIN_SUPPORT]
+    lines = [f"top {top} heads per tag by held-out F1 (tags with >= {MIN_SUPPORT} test tokens):"]
+    width = max((len(tag) for tag in ranked), default=3)
+    for vector in run.vectors:
+        lines.append(f"  {vector}")
+        for tag in ranked:
+            grid, n = run.scores(vector, tag, "f1")
+            n_heads = grid.shape[1]
+            order = np.argsort(-np.nan_to_num(grid.ravel(), nan=-1.0), kind="stable")[:top]
+            heads = ", ".join(f"L{i // n_heads}H{i % n_heads} {grid.ravel()[i]:.2f}" for i in order)
+            lines.append(f"    {tag:<{width}} (n={n:>5}): {heads}")
+    if skipped:
+        lines.append(f"  not ranked (fewer than {MIN_SUPPORT} test tokens): {' '.join(skipped)}")
+    return "\n".join(lines)
 
 
 def _slug(tag: str) -> str:
     return TAG_NAMES.get(tag) or re.sub(r"[^A-Za-z0-9]", lambda m: "S" if m[0] == "$" else "-", tag)
 
 
-def _draw(axis, grid, *, metric: str, title: str, annotate: bool):
-    import numpy as np
-
-    if metric == "selectivity":
-        limit = max(float(np.abs(grid).max()), 1e-6)
-        image = axis.imshow(grid, cmap="RdBu_r", vmin=-limit, vmax=limit, aspect="auto")
-    else:
-        image = axis.imshow(grid, cmap="viridis", vmin=0.0, vmax=1.0, aspect="auto")
-    n_layers, n_heads = grid.shape
-    axis.set_xticks(range(n_heads))
-    axis.set_yticks(range(n_layers))
-    axis.set_xlabel("head")
-    axis.set_ylabel("layer")
-    axis.set_title(title, fontsize=9)
-    if annotate:
-        for layer in range(n_layers):
-            for head in range(n_heads):
-                value = grid[layer, head]
-                light = metric != "selectivity" and value < 0.6
-                axis.text(
-                    head,
-                    layer,
-                    f"{value:.2f}",
-                    ha="center",
-                    va="center",
-                    fontsize=6,
-                    color="white" if light else "black",
-                )
-    return image
-
-
 def plot(args: argparse.Namespace) -> int:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    from headscope.analysis.figures import model_label, probe_heatmap_png, probe_tags_png
     from headscope.analysis.probes.store import load_probe_run
 
     run = load_probe_run(args.run, expected_fingerprint=None)
-    model = run.manifest["model"]["id"]
-    written = []
-    try:
-        if args.all_tags:
-            folder = args.out or Path(".")
-            folder.mkdir(parents=True, exist_ok=True)
-            tags = ["accuracy", "macro", *run.tags]
-            columns = 6
-            rows = -(-len(tags) // columns)
-            for vector in [args.vector] if args.vector else run.vectors:
-                figure, axes = plt.subplots(
-                    rows,
-                    columns,
-                    figsize=(columns * 2.6, rows * 1.9),
-                    squeeze=False,
-                    layout="constrained",
-                )
-                for axis, tag in zip(axes.flat, tags, strict=False):
-                    grid, support = run.scores(vector, tag, args.metric)
-                    label = tag if support is None else f"{tag} (n={support})"
-                    image = _draw(axis, grid, metric=args.metric, title=label, annotate=False)
-                    axis.set_xticks(range(0, grid.shape[1], 5))
-                    axis.set_yticks(range(0, grid.shape[0], 2))
-                    axis.tick_params(labelsize=6)
-                    axis.set_xlabel("")
-                    axis.set_ylabel("")
-                for axis in list(axes.flat)[len(tags) :]:
-                    axis.axis("off")
-                figure.supxlabel("head")
-                figure.supylabel("layer")
-                figure.colorbar(image, ax=axes, shrink=0.6, label=args.metric)
-                figure.suptitle(
-                    f"{args.metric} of {vector}-vector probes per tag, layer × head — run "
-                    f"{run.run_id} ({model})"
-                )
-                path = folder / f"{run.run_id}-{vector}-{args.metric}-all-tags.png"
-                figure.savefig(path, dpi=110)
-                plt.close(figure)
-                written.append(path)
-        else:
-            vector = args.vector or "key"
-            tag = args.tag or "macro"
-            grid, support = run.scores(vector, tag, args.metric)
-            figure, axis = plt.subplots(figsize=(9, 4.8))
-            image = _draw(
-                axis,
-                grid,
-                metric=args.metric,
-                title=f"{args.metric} of {tag} from {vector} vectors"
-                + ("" if support is None else f" (support {support})")
-                + f"\nrun {run.run_id} — {model}",
-                annotate=True,
-            )
-            figure.colorbar(image, ax=axis, label=args.metric)
-            figure.tight_layout()
-            path = args.out or Path(f"{run.run_id}-{vector}-{_slug(tag)}-{args.metric}.png")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            figure.savefig(path, dpi=120)
-            plt.close(figure)
-            written.append(path)
-    except HeadscopeError as err:
-        print(f"headscope probes plot: error: {err.message}", file=sys.stderr)
+    model = model_label(run.manifest["model"]["id"])
+    figures: list[tuple[Path, Callable[[], bytes]]] = []
+    if args.all_tags:
+        folder = args.out or Path(".")
+        for vector in [args.vector] if args.vector else run.vectors:
+            path = folder / f"{run.run_id}-{vector}-{args.metric}-all-tags.png"
+            figures.append((path, partial(probe_tags_png, run, vector, args.metric, model)))
+    else:
+        vector, tag = args.vector or "key", args.tag or "macro"
+        path = args.out or Path(f"{run.run_id}-{vector}-{_slug(tag)}-{args.metric}.png")
+        figures.append((path, partial(probe_heatmap_png, run, vector, tag, args.metric, model)))
+    existing = [str(path) for path, _ in figures if path.exists()]
+    if existing and not args.force:
+        print(
+            f"headscope probes plot: error: {', '.join(existing)} exists; pass --force to "
+            "overwrite, or --out elsewhere",
+            file=sys.stderr,
+        )
         return 2
-    for path in written:
+    for path, draw in figures:
+        try:
+            data = draw()
+        except HeadscopeError as err:
+            print(f"headscope probes plot: error: {err.message}", file=sys.stderr)
+            return 2
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
         print(f"wrote {path}")
     return 0

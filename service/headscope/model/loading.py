@@ -70,15 +70,9 @@ class Checkpoint:
 
 
 def _fetch_from_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
+    from headscope.hub import snapshot
 
-        return Path(snapshot_download(repo_id, allow_patterns=HUB_PATTERNS))
-    except Exception as err:  # noqa: BLE001 - every hub failure becomes one clear startup message
-        raise StartupError(
-            f"Could not get '{repo_id}' from the Hugging Face hub ({type(err).__name__}: "
-            f"{str(err).splitlines()[0] if str(err) else 'no detail'}). {HOW_TO_POINT_LOCAL}"
-        ) from err
+    return snapshot(repo_id, HUB_PATTERNS, HOW_TO_POINT_LOCAL)
 
 
 def _resolve_directory(model: str) -> Path:

@@ -14,18 +14,23 @@ __all__ = [
     "ActivityByTagRequest",
     "ActivityByTagResponse",
     "ActivityFigureQuery",
+    "ActivityByTagIntervals",
     "AttentionByTagFigureQuery",
+    "AttentionByTagIntervals",
     "AttentionByTagRequest",
     "AttentionByTagResponse",
     "AttentionFigureQuery",
     "CorpusSource",
     "CorpusSourceRequest",
     "DEFAULT_N_SEQUENCES",
+    "GridInterval",
     "HeadId",
+    "Interval",
     "HeadRankQuery",
     "HeadRankResponse",
     "Position",
     "QuoteSpan",
+    "QuotesIntervals",
     "QuotesFigureQuery",
     "QuotesRequest",
     "QuotesResponse",
@@ -38,6 +43,7 @@ DEFAULT_N_SEQUENCES = 100
 Position = Literal["on", "before", "after"]
 
 Grid = list[list[float]]  # [layer][head]
+MaybeGrid = list[list[float | None]]  # [layer][head], null where undefined
 
 
 def _valid_unicode(text: str | None) -> str | None:
@@ -116,6 +122,30 @@ class CorpusSource(BaseModel):
     )
 
 
+# -- confidence intervals ----------------------------------------------------------------------
+
+WARNING_DESCRIPTION = (
+    "Set when the statistic rests on little data (fewer than 20 tokens or 5 sequences behind "
+    "it): the means and their intervals are then anecdotal. Null otherwise."
+)
+
+
+class Interval(BaseModel):
+    low: float | None = Field(description="Lower bound; null where undefined.")
+    high: float | None = Field(description="Upper bound; null where undefined.")
+
+
+class GridInterval(BaseModel):
+    low: MaybeGrid = Field(description="[layer][head] lower bounds; null where undefined.")
+    high: MaybeGrid = Field(description="[layer][head] upper bounds; null where undefined.")
+
+
+class Intervals(BaseModel):
+    level: float = Field(description="Confidence level of every interval, e.g. 0.95.")
+    resamples: int = Field(description="Bootstrap resamples behind each interval.")
+    method: str = Field(description="How the intervals are computed.")
+
+
 # -- attention by tag --------------------------------------------------------------------------
 
 
@@ -170,6 +200,12 @@ class TagAttention(BaseModel):
     query_tokens: int = Field(description="Number of query tokens tagged A averaged over.")
 
 
+class AttentionByTagIntervals(Intervals):
+    attention: dict[str, Interval] = Field(
+        description="Interval of each row's `attention`, by the row's tag."
+    )
+
+
 class AttentionByTagResponse(BaseModel):
     layer: int = Field(description="Layer of the head.")
     head: int = Field(description="Head within the layer.")
@@ -187,6 +223,10 @@ class AttentionByTagResponse(BaseModel):
         "the positions visible to A tokens (empty when no token is tagged A). With to_tag: every "
         "query tag A that occurs."
     )
+    ci: AttentionByTagIntervals | None = Field(
+        default=None, description="Bootstrap confidence intervals; null when there are no rows."
+    )
+    warning: str | None = Field(default=None, description=WARNING_DESCRIPTION)
     source: CorpusSource = Field(description="What was analysed.")
 
 
@@ -213,6 +253,11 @@ class ActivityByTagRequest(CorpusSourceRequest):
     _tag_is_valid = field_validator("tag")(_valid_unicode)
 
 
+class ActivityByTagIntervals(Intervals):
+    mean_at_position: GridInterval = Field(description="Interval of `mean_at_position`.")
+    lift: GridInterval = Field(description="Interval of `lift`.")
+
+
 class ActivityByTagResponse(BaseModel):
     tag: str = Field(description="The tag asked for.")
     position: Position = Field(description="The position asked for.")
@@ -228,6 +273,11 @@ class ActivityByTagResponse(BaseModel):
         description="[layer][head]: mean_at_position / mean_overall; above 1 means the head is "
         "more active there than on average. Null when there are no such tokens."
     )
+    ci: ActivityByTagIntervals | None = Field(
+        default=None,
+        description="Bootstrap confidence intervals; null when there are no tokens at `position`.",
+    )
+    warning: str | None = Field(default=None, description=WARNING_DESCRIPTION)
     source: CorpusSource = Field(description="What was analysed.")
 
 
@@ -258,6 +308,13 @@ class QuoteSpan(BaseModel):
     )
 
 
+class QuotesIntervals(Intervals):
+    mean_inside: GridInterval = Field(description="Interval of `mean_inside`.")
+    mean_outside: GridInterval = Field(description="Interval of `mean_outside`.")
+    ratio: GridInterval = Field(description="Interval of `ratio`.")
+    attention_to_opening: GridInterval = Field(description="Interval of `attention_to_opening`.")
+
+
 class QuotesResponse(BaseModel):
     spans: list[QuoteSpan] = Field(
         description="Every quotation found. Quote marks are the words NLTK tags `` (opening) and "
@@ -282,6 +339,12 @@ class QuotesResponse(BaseModel):
         "they put on their quotation's opening-quote token (0 where a local layer's window no "
         "longer reaches it); null when no token is inside a quotation."
     )
+    ci: QuotesIntervals | None = Field(
+        default=None,
+        description="Bootstrap confidence intervals; null when no token is inside a quotation or "
+        "none outside.",
+    )
+    warning: str | None = Field(default=None, description=WARNING_DESCRIPTION)
     source: CorpusSource = Field(description="What was analysed.")
 
 

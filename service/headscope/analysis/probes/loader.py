@@ -2,8 +2,9 @@
 
 1. `--probes DIR` (HEADSCOPE_PROBES): that run, verified.
 2. Otherwise the newest run in `--store` whose model fingerprint equals the loaded model's.
-3. None there: with `--train-probes-if-missing`, train a default run into the store (progress
-   in the log) and load it; else start without probes, saying how to train them.
+3. None there: train the default run into the store (progress in the log) and load it
+   (`--no-train-probes-if-missing`, or no corpus to train on: start without probes, saying how
+   to train them).
 
 A run that fails verification (manifest, sha256 of an artifact, model fingerprint, contents)
 stops the server with a message naming the check, unless `--allow-missing-probes`: then the
@@ -23,7 +24,7 @@ log = logging.getLogger("headscope.probes")
 
 HOW_TO_TRAIN = (
     "Train a run with: headscope probes train --model MODEL --corpus PATH --store STORE "
-    "(or start the server with --train-probes-if-missing)."
+    "(or start the server with --train-probes-if-missing, the default)."
 )
 
 
@@ -69,7 +70,18 @@ def _choose_run(runtime, settings: Settings) -> tuple[ProbeRun | None, str | Non
         log.info("Newest probe run for this model in %s: %s", settings.store, newest.run_id)
         return load_probe_run(newest.directory, expected_fingerprint=fingerprint), None
     if settings.train_probes_if_missing:
-        return _train_default_run(runtime, settings), None
+        from headscope.analysis.corpus_text import load_corpus
+
+        try:
+            corpus = load_corpus(settings.corpus)
+        except StartupError as err:  # serve the model; say why there are no probes
+            log.warning("No probe run for this model, and none trained at start: %s", err)
+            return None, (
+                f"No probe run for this model (weights sha256 {fingerprint[:12]}…), and none "
+                "could be trained at start: no corpus to train on (offline, or the file is "
+                f"missing). Pass --corpus PATH (HEADSCOPE_CORPUS). {HOW_TO_TRAIN}"
+            )
+        return _train_default_run(runtime, settings, corpus), None
     others = f" ({len(runs)} run(s) there are for other models)" if runs else ""
     log.info("No probe run for this model in '%s'", settings.store)
     reason = (
@@ -79,8 +91,7 @@ def _choose_run(runtime, settings: Settings) -> tuple[ProbeRun | None, str | Non
     return None, reason
 
 
-def _train_default_run(runtime, settings: Settings) -> ProbeRun:
-    from headscope.analysis.corpus_text import load_corpus
+def _train_default_run(runtime, settings: Settings, corpus) -> ProbeRun:
     from headscope.analysis.probes.pipeline import TrainConfig, log_progress, train_probe_run
 
     config = TrainConfig(max_sequences=settings.probes_max_sequences)
@@ -90,7 +101,6 @@ def _train_default_run(runtime, settings: Settings) -> ProbeRun:
         config.max_sequences,
         settings.corpus or "TinyStories validation split from the hub",
     )
-    corpus = load_corpus(settings.corpus)
     try:
         trained = train_probe_run(
             runtime, corpus, config, store=settings.store, progress=log_progress(log)
