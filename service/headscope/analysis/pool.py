@@ -13,8 +13,9 @@ import ctypes.util
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from headscope.errors import NotReady, Overloaded
 
@@ -59,6 +60,21 @@ class HeapTrimmer:
         self._trim(0)
 
 
+@dataclass(frozen=True)
+class Awaiting(Generic[T]):
+    """What an analysis returns when the rest of it needs another process's answer (the tagger's
+    tags): the pool gives the analysis thread back while `future` is pending, then runs
+    `then(its result)` in the pool. Its slot in the admission count stays taken meanwhile."""
+
+    future: Future
+    then: Callable[[Any], T]
+
+
+def resolved(value: T | Awaiting[T]) -> T:
+    """An analysis's result, waiting in this thread if needed: for callers outside the pool."""
+    return value.then(value.future.result()) if isinstance(value, Awaiting) else value
+
+
 class AnalysisPool:
     def __init__(
         self, max_concurrency: int, max_queue: int, heap_trimmer: HeapTrimmer | None = None
@@ -76,7 +92,7 @@ class AnalysisPool:
         """Analyses running or queued right now."""
         return self._admitted
 
-    async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
+    async def run(self, function: Callable[..., T | Awaiting[T]], *args, **kwargs) -> T:
         if self._closed:
             raise NotReady(
                 "The server is shutting down.", headers={"Retry-After": str(RETRY_AFTER_SECONDS)}
@@ -94,10 +110,22 @@ class AnalysisPool:
             )
         self._admitted += 1
         try:
-            future = self._executor.submit(self._run_then_trim, function, args, kwargs)
             # If this request is cancelled (e.g. the drain timeout ran out), a queued analysis is
             # dropped; a running one finishes in its thread and its result is discarded.
-            return await asyncio.wrap_future(future)
+            result = await asyncio.wrap_future(
+                self._executor.submit(self._run_then_trim, function, args, kwargs)
+            )
+            while isinstance(result, Awaiting):
+                answer = await asyncio.wrap_future(result.future)  # no analysis thread held
+                if self._closed:
+                    raise NotReady(
+                        "The server is shutting down.",
+                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                    )
+                result = await asyncio.wrap_future(
+                    self._executor.submit(self._run_then_trim, result.then, (answer,), {})
+                )
+            return result
         finally:
             self._admitted -= 1
 
