@@ -76,7 +76,8 @@ def pos_tagger():
 
 
 def test_words_and_tags_equal_stock_nltk_on_the_whole_sample(pos_tagger):
-    """Stock Punkt, stock Treebank on each sentence, stock perceptron: every word and tag."""
+    """Stock Punkt, stock Treebank on each sentence, stock perceptron: every word and tag, with
+    the sped-up tokenizers and the C word loop in the tagger."""
     import nltk
     from nltk.tag.perceptron import PerceptronTagger
     from nltk.tokenize import TreebankWordTokenizer
@@ -84,7 +85,7 @@ def test_words_and_tags_equal_stock_nltk_on_the_whole_sample(pos_tagger):
     from headscope.tagging.nltk_tagger import sentence_splitter
 
     stock_tagger, stock_words = PerceptronTagger(lang="eng"), TreebankWordTokenizer()
-    assert isinstance(pos_tagger.perceptron, PerceptronTagger)
+    assert pos_tagger.perceptron.native is not None  # this machine builds the C word loop
     text = CORPUS.read_text()
     spans = list(sentence_splitter().span_tokenize(text))
     assert len(spans) > 10_000

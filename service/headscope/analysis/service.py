@@ -423,10 +423,13 @@ def load_runtime(settings: Settings, *, load_probes: bool = True) -> Runtime:
 
     `load_probes=False` skips the probe run (the probe trainer loads the model this way)."""
     files = resolve_model_files(settings.model, settings.tokenizer)
+    native_cache = getattr(settings, "kernel_cache", None)
     if getattr(settings, "tagger_process", False):
-        tagger: Tagger = TaggerProcess(WORD_SPAN_CACHE_BYTES)  # loads while the model does
+        tagger: Tagger = TaggerProcess(  # loads while the model does
+            WORD_SPAN_CACHE_BYTES, native_cache=native_cache
+        )
     else:
-        tagger = PosTagger()
+        tagger = PosTagger(native_cache=native_cache)
     try:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)

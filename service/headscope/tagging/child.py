@@ -157,11 +157,13 @@ class TaggerProcess:
         self,
         cache_bytes: int,
         *,
+        native_cache: Path | None = None,
         startup_timeout: float = STARTUP_TIMEOUT_S,
         heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
         hang_timeout: float = HANG_TIMEOUT_S,
     ) -> None:
         self.cache_bytes = cache_bytes
+        self.native_cache = native_cache
         self.startup_timeout = startup_timeout
         self.heartbeat_interval = heartbeat_interval
         self.hang_timeout = hang_timeout
@@ -200,6 +202,7 @@ class TaggerProcess:
                 "-m",
                 "headscope.tagging.child",
                 str(self.cache_bytes),
+                *([str(self.native_cache)] if self.native_cache else []),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -496,7 +499,8 @@ def main() -> int:
     try:
         from headscope.tagging.nltk_tagger import PosTagger
 
-        tagger = PosTagger(cache_bytes=int(sys.argv[1]))
+        native_cache = Path(sys.argv[2]) if len(sys.argv) > 2 else None
+        tagger = PosTagger(cache_bytes=int(sys.argv[1]), native_cache=native_cache)
     except StartupError as err:
         _write_frame(answers, ("failed", str(err)))
         return 1

@@ -9,7 +9,8 @@ glues every sentence-final period but the last onto its word ("lake." tagged NN)
 takes the tag of its middle character rounded up.
 
 Punkt and Treebank run sped up where that was checked against stock NLTK at load
-(headscope.tagging.speedups). A PosTagger keeps the texts it tagged last.
+(headscope.tagging.speedups), the perceptron in C where that was (headscope.tagging.perceptron).
+A PosTagger keeps the texts it tagged last.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,7 @@ from headscope.errors import StartupError
 from headscope.tagging import speedups
 from headscope.tagging.align import ALIGNMENTS, bounds_array
 from headscope.tagging.base import Alignment, TaggerHealth, WordSpan
+from headscope.tagging.perceptron import Perceptron
 
 log = logging.getLogger("headscope.tagging")
 
@@ -153,14 +156,17 @@ class PosTagger:
 
     health: TaggerHealth = "ready"
 
-    def __init__(self, cache_bytes: int = WORD_SPAN_CACHE_BYTES) -> None:
+    def __init__(
+        self, cache_bytes: int = WORD_SPAN_CACHE_BYTES, native_cache: Path | None = None
+    ) -> None:
         # The corpus endpoints tag the same sequences on every request (another tag, another
         # head) and clients send one text to several endpoints: tagged texts are kept, in
         # compact arrays.
         self.cache = AnalysisCache(cache_bytes)
         tagger_folder = ensure_tagger_data()
         nltk = _import_nltk()
-        self.perceptron = nltk.tag.perceptron.PerceptronTagger(lang="eng")
+        # The C word loop is built into native_cache (the kernel cache) on first use.
+        self.perceptron = Perceptron(nltk.tag.perceptron.PerceptronTagger(lang="eng"), native_cache)
         tokenizers = speedups.tokenizers(nltk, sentence_splitter)
         self.sentence_splitter, self.word_tokenizer = tokenizers.sentences, tokenizers.words
         self.identity = {
@@ -182,13 +188,14 @@ class PosTagger:
         self, text: str, chunks: Iterable[tuple[int, int]]
     ) -> tuple[list[tuple[int, int]], list[str]]:
         """The tagged words of each text[start:end], as ((start, end) list, tag list)."""
+        pieces = [(start, text[start:end]) for start, end in chunks]
+        sentences = [self.word_tokenizer.tokenize(chunk) for _, chunk in pieces]
         bounds: list[tuple[int, int]] = []
         tags: list[str] = []
-        for start, end in chunks:
-            chunk = text[start:end]
-            words = self.word_tokenizer.tokenize(chunk)
-            tagged = self.perceptron.tag(words)
-            for span, (_, tag) in zip(align_words(chunk, words, start), tagged, strict=True):
+        for (start, chunk), words, sentence_tags in zip(
+            pieces, sentences, self.perceptron.tag_sentences(sentences), strict=True
+        ):
+            for span, tag in zip(align_words(chunk, words, start), sentence_tags, strict=True):
                 if span is not None:
                     bounds.append(span)
                     tags.append(tag)
