@@ -40,8 +40,8 @@ log = logging.getLogger("headscope.tagging")
 TAGGER_PACKAGE = "averaged_perceptron_tagger_eng"
 TAGGER_RESOURCE = f"taggers/{TAGGER_PACKAGE}/"
 PUNKT_RESOURCE = "tokenizers/punkt_tab/english/"
-# Bytes of tagged texts kept by a PosTagger (LRU): a default corpus request of 100 sequences of
-# 512 tokens takes about 2 MB.
+# Bytes of tagged texts kept by a PosTagger (LRU): room for several default corpus requests
+# (bench/README.md has the size of one).
 WORD_SPAN_CACHE_BYTES = 16 * 2**20
 # Treebank rewrites double quotes as `` and ''; in the text they may be any of these.
 QUOTE_FORMS = {"``": ('"', "``", "''", "“"), "''": ('"', "''", "``", "”")}
