@@ -301,9 +301,11 @@ class TaggerProcess:
         try:
             child = self._await_ready(process)
         except StartupError as err:
-            log.error("A new tagger process could not start: %s", err)
             with self._lock:
                 self._starting = None
+                if self._closed:
+                    return  # close() stopped it
+            log.error("A new tagger process could not start: %s", err)
             self._wake.wait(RESTART_DELAY_S)  # close() cuts it short
             return
         if self._install(child):
