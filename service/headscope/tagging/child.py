@@ -129,6 +129,12 @@ class _FrameReader:
         return frames
 
 
+def _pipes(process: subprocess.Popen) -> tuple[IO[bytes], IO[bytes]]:
+    """The child's stdin and stdout, which _spawn makes pipes."""
+    assert process.stdin is not None and process.stdout is not None
+    return process.stdin, process.stdout
+
+
 @dataclass(eq=False)
 class _Child:
     process: subprocess.Popen
@@ -138,7 +144,7 @@ class _Child:
 
     @property
     def stdin_fd(self) -> int:
-        return self.process.stdin.fileno()
+        return _pipes(self.process)[0].fileno()
 
 
 def _stopped_error(why: str) -> NotReady:
@@ -211,8 +217,9 @@ class TaggerProcess:
 
     def _await_ready(self, process: subprocess.Popen) -> _Child:
         """The started child once its tagger has loaded; StartupError if it cannot."""
-        ready, _, _ = select.select([process.stdout], [], [], self.startup_timeout)
-        hello = _read_frame(process.stdout) if ready else None
+        _, stdout = _pipes(process)
+        ready, _, _ = select.select([stdout], [], [], self.startup_timeout)
+        hello = _read_frame(stdout) if ready else None
         if not (isinstance(hello, tuple) and hello and hello[0] == "ready"):
             process.kill()
             process.wait()
@@ -317,7 +324,7 @@ class TaggerProcess:
     def _stop_process(process: subprocess.Popen) -> None:
         """Close its stdin, on which it exits; kill it if it does not."""
         with contextlib.suppress(OSError):  # a broken pipe: the child is gone already
-            process.stdin.close()
+            _pipes(process)[0].close()
         try:
             process.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -340,7 +347,7 @@ class TaggerProcess:
     # -- requests ---------------------------------------------------------------------------
 
     def _read_answers(self, child: _Child) -> None:
-        stdout = child.process.stdout
+        _, stdout = _pipes(child.process)
         try:
             while (frame := _read_frame(stdout)) is not None:
                 request_id, ok, result = frame
