@@ -112,22 +112,29 @@ class AnalysisPool:
         try:
             # If this request is cancelled (e.g. the drain timeout ran out), a queued analysis is
             # dropped; a running one finishes in its thread and its result is discarded.
-            result = await asyncio.wrap_future(
-                self._executor.submit(self._run_then_trim, function, args, kwargs)
-            )
-            while isinstance(result, Awaiting):
-                answer = await asyncio.wrap_future(result.future)  # no analysis thread held
-                if self._closed:
-                    raise NotReady(
-                        "The server is shutting down.",
-                        headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
-                    )
-                result = await asyncio.wrap_future(
-                    self._executor.submit(self._run_then_trim, result.then, (answer,), {})
-                )
-            return result
+            return await self._in_pool(function, args, kwargs)
         finally:
             self._admitted -= 1
+
+    async def _in_pool(
+        self, function: Callable[..., T | Awaiting[T]], args: tuple, kwargs: dict
+    ) -> T:
+        """`function` in a pool thread; an Awaiting it returns is waited for here, on the event
+        loop with no thread held, and the rest of the analysis then runs in the pool."""
+        result = await asyncio.wrap_future(
+            self._executor.submit(self._run_then_trim, function, args, kwargs)
+        )
+        while isinstance(result, Awaiting):
+            answer = await asyncio.wrap_future(result.future)
+            if self._closed:
+                raise NotReady(
+                    "The server is shutting down.",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+            result = await asyncio.wrap_future(
+                self._executor.submit(self._run_then_trim, result.then, (answer,), {})
+            )
+        return result
 
     def _run_then_trim(self, function: Callable[..., T], args: tuple, kwargs: dict) -> T:
         # In the worker thread, after the analysis: its memory is free by now, and the trim
