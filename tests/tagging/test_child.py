@@ -1,5 +1,6 @@
 """The tagger's child process: the same tags as tagging in the server process, and what happens
-when the child fails to start, dies, hangs or is stopped."""
+when the child fails to start, dies, hangs or is stopped: its heartbeat, its replacement, and
+the requests that were waiting on it."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from headscope.errors import NotReady, StartupError
+from headscope.tagging.base import Tagger
 from headscope.tagging.child import TaggerProcess
 from headscope.tagging.nltk_tagger import PosTagger
 from tests.helpers import CORPUS
@@ -54,6 +57,15 @@ def sample_texts(count: int) -> list[str]:
     return paragraphs[:: len(paragraphs) // count][:count]
 
 
+def test_both_taggers_are_the_protocol(child, in_process):
+    for tagger in (child, in_process):
+        assert isinstance(tagger, Tagger)
+        assert tagger.health == "ready"
+    offsets = [(0, 2), (2, 8), (8, 9)]
+    answer = in_process.submit_tag_tokens("Hi there.", offsets)  # done at once, in this process
+    assert answer.done() and answer.result() == in_process.tag_tokens("Hi there.", offsets)
+
+
 def test_the_child_tags_as_the_server_process_does(child, in_process):
     assert child.identity == in_process.identity
     assert child.classes == in_process.classes
@@ -69,6 +81,7 @@ def test_the_child_tags_as_the_server_process_does(child, in_process):
 def test_answers_come_back_to_the_request_that_asked(child, in_process):
     texts = sample_texts(12)
     answers = [child.submit_tag_tokens(text, offsets_of(text)) for text in texts]
+    # Each answer comes back to the future that asked, whatever the order they finish in.
     for text, answer in zip(reversed(texts), reversed(answers), strict=True):
         assert answer.result() == in_process.tag_tokens(text, offsets_of(text))
 
@@ -78,7 +91,7 @@ def test_the_child_never_loads_torch(child):
         assert "libtorch" not in maps.read()
 
 
-def test_a_dead_child_is_replaced_on_the_next_request(in_process):
+def test_a_dead_child_fails_its_waiting_requests_and_is_replaced(in_process):
     tagger = TaggerProcess(cache_bytes=0)
     tagger.wait_ready()
     try:
@@ -89,6 +102,7 @@ def test_a_dead_child_is_replaced_on_the_next_request(in_process):
         with pytest.raises(NotReady) as stopped:
             waiting.result()
         assert stopped.value.status_code == 503 and stopped.value.headers["Retry-After"]
+        wait_for(lambda: tagger.health == "ready")  # the watcher started a new one
         text = ODD_TEXTS[0]
         assert tagger.tag_tokens(text, offsets_of(text)) == in_process.tag_tokens(
             text, offsets_of(text)
@@ -98,24 +112,66 @@ def test_a_dead_child_is_replaced_on_the_next_request(in_process):
         tagger.close()
 
 
-def test_a_stuck_child_is_replaced_after_the_answer_timeout(in_process):
-    tagger = TaggerProcess(cache_bytes=0, answer_timeout=1.0)
+def test_a_stopped_child_misses_its_heartbeat_and_is_replaced(in_process):
+    tagger = TaggerProcess(cache_bytes=0, heartbeat_interval=0.05, hang_timeout=0.5)
     tagger.wait_ready()
     try:
         stuck = tagger.pid
         os.kill(stuck, signal.SIGSTOP)
         text = ODD_TEXTS[1]
-        with pytest.raises(NotReady, match="took too long"):
-            tagger.tag_tokens(text, offsets_of(text))
-        deadline = time.monotonic() + 10
-        while tagger.pid == stuck and time.monotonic() < deadline:
-            time.sleep(0.02)
+        waiting = tagger.submit_tag_tokens(text, offsets_of(text))
+        with pytest.raises(NotReady, match="answered no ping") as hung:
+            waiting.result(timeout=60)  # failed by the watcher, not by this timeout
+        assert hung.value.status_code == 503 and hung.value.headers["Retry-After"]
+        # Killed (a stopped process dies all the same), and until a new child answers,
+        # requests fail at once instead of waiting.
+        wait_for(lambda: not _alive(stuck))
+        while tagger.health != "ready":
+            try:
+                tagger.submit_tag_tokens(text, offsets_of(text))
+            except NotReady as refused:
+                assert refused.headers["Retry-After"]
+            time.sleep(0.01)
         assert tagger.tag_tokens(text, offsets_of(text)) == in_process.tag_tokens(
             text, offsets_of(text)
         )
         assert tagger.pid != stuck
     finally:
         tagger.close()
+
+
+def test_the_child_answers_pings_before_the_tagging_it_has_queued(in_process):
+    """A busy child is not taken for a stuck one: a ping read with queued texts goes first."""
+    from headscope.tagging.child import PING_ID, _read_frame, _serve
+
+    texts = sample_texts(4)
+    requests_read, requests_write = os.pipe()
+    answers_read, answers_write = os.pipe()
+    for request_id, text in enumerate(texts):
+        os.write(requests_write, marshal_frame((request_id, "tag_tokens", (text, [], "overlap"))))
+    os.write(requests_write, marshal_frame((PING_ID, "ping", ())))
+    answers = os.fdopen(answers_write, "wb")
+    serving = threading.Thread(target=_serve, args=(in_process, requests_read, answers))
+    serving.start()  # with every frame already in the pipe
+    try:
+        with os.fdopen(answers_read, "rb") as stream:
+            order = [_read_frame(stream)[0] for _ in range(5)]
+    finally:
+        os.close(requests_write)
+        serving.join(timeout=60)
+        answers.close()
+        os.close(requests_read)
+    assert order == [PING_ID, 0, 1, 2, 3]
+
+
+def test_a_cancelled_wait_leaves_the_answer_to_the_reader(child, in_process):
+    """asyncio cancels the future it wraps when its waiter is cancelled (a client gone, a drain
+    timeout): the tagger's futures refuse that, so its reader thread can still answer them."""
+    text = sample_texts(3)[2]
+    answer = child.submit_tag_tokens(text, offsets_of(text))
+    assert not answer.cancel()
+    assert answer.result() == in_process.tag_tokens(text, offsets_of(text))
+    assert child.health == "ready"
 
 
 def test_the_child_outlives_signals_meant_for_the_server_and_its_death(in_process):
@@ -162,6 +218,7 @@ def test_close_stops_the_child_and_refuses_later_requests():
     tagger.close()
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+    assert tagger.health == "stopped"
     with pytest.raises(NotReady, match="shutting down"):
         tagger.tag_tokens("Hi.", [(0, 3)])
 
@@ -264,13 +321,16 @@ def test_prefetch_never_blocks_the_caller_on_a_full_pipe(in_process):
 
 
 def test_prefetch_without_a_child_does_nothing():
-    tagger = TaggerProcess(cache_bytes=2**20)
+    tagger = TaggerProcess(cache_bytes=2**20, heartbeat_interval=3600)
     tagger.wait_ready()
     try:
-        os.kill(tagger.pid, signal.SIGKILL)
-        wait_for(lambda: tagger.pid is None)  # the reader saw it die
-        assert not tagger.prefetch("No child to send this to.")
-        assert tagger.pid is None  # and did not start one: the next request does
+        first = tagger.pid
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: tagger.pid != first)  # the reader saw it die
+        if tagger.pid is None:  # before the watcher has a new one
+            assert not tagger.prefetch("No child to send this to.")
+        wait_for(lambda: tagger.health == "ready")
+        assert tagger.prefetch("A new child takes this.")
     finally:
         tagger.close()
 
@@ -319,16 +379,3 @@ def test_the_analyze_route_has_the_child_tag_ahead(settings, runtime):
     # words, the other found them in the cache. Without the prefetch: one miss, no hit.
     wait_for(lambda: sum(runtime.tagger.cache_counts()) == hits + misses + 2)
     assert runtime.tagger.cache_counts() == (hits + 1, misses + 1)
-
-
-def test_the_child_builds_its_c_word_loop_into_the_given_cache(tmp_path, in_process):
-    tagger = TaggerProcess(cache_bytes=0, native_cache=tmp_path)
-    tagger.wait_ready()
-    try:
-        assert [path.name[:11] for path in tmp_path.glob("*.so")] == ["perceptron-"]
-        text = sample_texts(2)[0]
-        assert tagger.tag_tokens(text, offsets_of(text)) == in_process.tag_tokens(
-            text, offsets_of(text)
-        )
-    finally:
-        tagger.close()

@@ -1,10 +1,12 @@
-"""POS tags aligned to model tokens, with the real NLTK tagger and the real GPT-2 tokenizer."""
+"""POS tags aligned to model tokens, with the real NLTK tagger and the real GPT-2 tokenizer; the
+words and tags are stock NLTK's."""
 
 from __future__ import annotations
 
 import pytest
 
-from headscope.tagging.nltk_tagger import WordSpan, align_words, overlap_alignment, paper_alignment
+from headscope.tagging.nltk_tagger import PosTagger, align_words
+from tests.helpers import CORPUS
 
 STORY = 'Tom said, "I like the lake." Then he ran.\n\nShe smiled. The end'
 
@@ -50,21 +52,6 @@ def test_paper_alignment_differs_on_punctuation(runtime):
     assert paper_tags["."] != "."
 
 
-def test_paper_rule_rounds_the_middle_up():
-    text = "ab cd."
-    words = [WordSpan(0, 2, "X"), WordSpan(3, 6, "Y")]
-    # Tokens: "ab" -> middle index 1 ('b'); " cd" (n=3) -> start+2 ('d'); "." (n=1) -> past end.
-    offsets = [(0, 2), (2, 5), (5, 6)]
-    assert paper_alignment(text, words, offsets) == ["X", "Y", "NONE"]
-    assert overlap_alignment(text, words, offsets) == ["X", "Y", "Y"]
-
-
-def test_overlap_ignores_whitespace_and_breaks_ties_to_the_first_word():
-    text = "a b"
-    words = [WordSpan(0, 1, "DT"), WordSpan(2, 3, "NN")]
-    assert overlap_alignment(text, words, [(0, 3), (1, 2)]) == ["DT", "NONE"]
-
-
 @pytest.mark.parametrize(
     "text",
     ["``Hi,'' she said.", "It's Tom's ball...", "Wait -- what?!", "“Curly” quotes", "a\tb\r\nc"],
@@ -81,3 +68,34 @@ def test_align_words_maps_converted_quotes_back():
     spans = align_words(text, ["He", "said", "``", "no", "''", "."])
     assert [text[a:b] for a, b in spans] == ["He", "said", '"', "no", '"', "."]
     assert align_words("abc", ["zzz"]) == [None]
+
+
+@pytest.fixture(scope="module")
+def pos_tagger():
+    return PosTagger(cache_bytes=0)
+
+
+def test_words_and_tags_equal_stock_nltk_on_the_whole_sample(pos_tagger):
+    """Stock Punkt, stock Treebank on each sentence, stock perceptron: every word and tag, with
+    the sped-up tokenizers and the C word loop in the tagger."""
+    import nltk
+    from nltk.tag.perceptron import PerceptronTagger
+    from nltk.tokenize import TreebankWordTokenizer
+
+    from headscope.tagging.nltk_tagger import sentence_splitter
+
+    stock_tagger, stock_words = PerceptronTagger(lang="eng"), TreebankWordTokenizer()
+    assert pos_tagger.perceptron.native is not None  # this machine builds the C word loop
+    text = CORPUS.read_text()
+    spans = list(sentence_splitter().span_tokenize(text))
+    assert len(spans) > 10_000
+    want = []
+    for start, end in spans:
+        words = stock_words.tokenize(text[start:end])
+        located = align_words(text[start:end], words, start)
+        for span, (_, tag) in zip(located, stock_tagger.tag(words), strict=True):
+            if span is not None:
+                want.append((*span, tag))
+    got = [(word.start, word.end, word.tag) for word in pos_tagger.word_spans(text)]
+    assert got == want
+    assert pos_tagger.identity["nltk_version"] == nltk.__version__

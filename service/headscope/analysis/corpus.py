@@ -62,7 +62,7 @@ from headscope.schemas import (
     TagAttention,
 )
 from headscope.settings import Settings
-from headscope.tagging.nltk_tagger import NO_WORD
+from headscope.tagging.base import NO_WORD
 
 log = logging.getLogger("headscope.corpus")
 

@@ -13,8 +13,9 @@ import ctypes.util
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
 
 from headscope.errors import ClientGone, HeadscopeError, NotReady, Overloaded
 
@@ -57,6 +58,21 @@ class HeapTrimmer:
                 return
             self._last = now
         self._trim(0)
+
+
+@dataclass(frozen=True)
+class Awaiting(Generic[T]):
+    """What an analysis returns when the rest of it needs another process's answer (the tagger's
+    tags): the pool gives the analysis thread back while `future` is pending, then runs
+    `then(its result)` in the pool. Its slot in the admission count stays taken meanwhile."""
+
+    future: Future
+    then: Callable[[Any], T]
+
+
+def resolved(value: T | Awaiting[T]) -> T:
+    """An analysis's result, waiting in this thread if needed: for callers outside the pool."""
+    return value.then(value.future.result()) if isinstance(value, Awaiting) else value
 
 
 class WriteBacklog:
@@ -150,7 +166,7 @@ class AnalysisPool:
 
     async def run(
         self,
-        function: Callable[..., T],
+        function: Callable[..., T | Awaiting[T]],
         *args,
         disconnected: asyncio.Future | None = None,
         **kwargs,
@@ -159,11 +175,10 @@ class AnalysisPool:
         self._admitted += 1
         waiter: asyncio.Future | None = None
         try:
-            future = self._executor.submit(self._run_then_trim, function, args, kwargs)
             # Cancelling the wait (the request's task cancelled, the client gone, the drain
             # deadline) drops a queued analysis; a running one finishes in its thread and its
             # result is discarded.
-            waiter = asyncio.wrap_future(future)
+            waiter = asyncio.ensure_future(self._in_pool(function, args, kwargs))
             self._waiting.add(waiter)
             if disconnected is not None:
                 disconnected.add_done_callback(
@@ -201,6 +216,26 @@ class AnalysisPool:
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 ),
             )
+
+    async def _in_pool(
+        self, function: Callable[..., T | Awaiting[T]], args: tuple, kwargs: dict
+    ) -> T:
+        """`function` in a pool thread; an Awaiting it returns is waited for here, on the event
+        loop with no thread held, and the rest of the analysis then runs in the pool."""
+        result = await asyncio.wrap_future(
+            self._executor.submit(self._run_then_trim, function, args, kwargs)
+        )
+        while isinstance(result, Awaiting):
+            answer = await asyncio.wrap_future(result.future)
+            if self._closed:
+                raise NotReady(
+                    "The server is shutting down.",
+                    headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
+                )
+            result = await asyncio.wrap_future(
+                self._executor.submit(self._run_then_trim, result.then, (answer,), {})
+            )
+        return result
 
     def _run_then_trim(self, function: Callable[..., T], args: tuple, kwargs: dict) -> T:
         # In the worker thread, after the analysis: its memory is free by now, and the trim

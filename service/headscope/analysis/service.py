@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 
+from headscope.analysis.pool import Awaiting, resolved
 from headscope.cache import AnalysisCache
 from headscope.encoding import JSON, Precision, Sparsity, encode, to_lists
 from headscope.errors import EmptyText, InputTooLong, InvalidRequest, StartupError, UnknownHead
@@ -36,6 +37,7 @@ from headscope.schemas import (
     Token,
 )
 from headscope.settings import Settings
+from headscope.tagging.base import Alignment, Tagger
 from headscope.tagging.child import TaggerProcess
 from headscope.tagging.nltk_tagger import WORD_SPAN_CACHE_BYTES, PosTagger
 
@@ -72,7 +74,7 @@ class Runtime:
         files: ModelFiles,
         model: Checkpoint,
         tokenizer: Tokenizer,
-        tagger: PosTagger | TaggerProcess,
+        tagger: Tagger,
         weights_sha256: str,
     ) -> None:
         self.settings = settings
@@ -229,7 +231,7 @@ class Runtime:
             )
         ]
 
-    def tags(self, encoded: Encoded, alignment: str = "overlap") -> list[str]:
+    def tags(self, encoded: Encoded, alignment: Alignment = "overlap") -> list[str]:
         return self.tagger.tag_tokens(encoded.text, encoded.offsets, alignment)
 
     def forward(
@@ -269,12 +271,38 @@ class Runtime:
         # The fingerprint is part of the key, so a cache can never answer for other weights.
         return self.cache.get_or_compute((self.weights_sha256, *key), compute)
 
-    def tag_payload(self, request: TagRequest) -> dict:
-        def compute() -> dict:
-            encoded = self.encode(request.text)
-            return {"tokens": self.token_dicts(encoded, self.tags(encoded, request.alignment))}
+    def _cached_with_tags(
+        self,
+        key: tuple,
+        text: str,
+        alignment: Alignment,
+        work: Callable[[Encoded], Callable[[list[str]], dict]],
+    ) -> dict | Awaiting[dict]:
+        """The cached payload for `key`, or: send the text to the tagger, do `work(encoded)`
+        meanwhile (what needs no tags), and finish with the function it returns, which takes the
+        tags. When they are not there by then, an Awaiting: the pool gives the analysis thread
+        back until they are, so no analysis slot waits on the tagger."""
+        key = (self.weights_sha256, *key)
+        cached = self.cache.get(key)
+        if cached is not None:
+            return cached
+        encoded = self.encode(text)
+        tags = self.tagger.submit_tag_tokens(encoded.text, encoded.offsets, alignment)
+        finish_with_tags = work(encoded)
 
-        return self._cached(("tag", request.text, request.alignment), compute)
+        def finish(tag_list: list[str]) -> dict:
+            payload = finish_with_tags(tag_list)
+            self.cache.put(key, payload)
+            return payload
+
+        return finish(tags.result()) if tags.done() else Awaiting(tags, finish)
+
+    def tag_payload(self, request: TagRequest) -> dict | Awaiting[dict]:
+        def work(encoded: Encoded) -> Callable[[list[str]], dict]:
+            return lambda tags: {"tokens": self.token_dicts(encoded, tags)}
+
+        key = ("tag", request.text, request.alignment)
+        return self._cached_with_tags(key, request.text, request.alignment, work)
 
     def activity_payload(self, request: ActivityRequest) -> dict:
         g = self.geometry
@@ -320,18 +348,16 @@ class Runtime:
         key = ("attention", request.text, request.layer, request.head, request.query)
         return self._cached(key, compute)
 
-    def analyze_payload(self, request: AnalyzeRequest) -> dict:
+    def analyze_payload(self, request: AnalyzeRequest) -> dict | Awaiting[dict]:
         heads = [(ref.layer, ref.head) for ref in request.patterns]
         for layer, head in heads:
             self.check_head(layer, head)
 
-        def compute() -> dict:
-            encoded = self.encode(request.text)
+        def work(encoded: Encoded) -> Callable[[list[str]], dict]:
             # With a tagger process, the words are tagged there while the forward pass runs here.
-            tags = self.tagger.submit_tag_tokens(encoded.text, encoded.offsets, "overlap")
             output = self.forward(encoded, patterns=heads)
-            return {
-                "tokens": self.token_dicts(encoded, tags.result()),
+            return lambda tags: {
+                "tokens": self.token_dicts(encoded, tags),
                 "activity": output.activity[0].contiguous().numpy(),  # [layer, head, token]
                 "patterns": [
                     {
@@ -343,15 +369,16 @@ class Runtime:
                 ],
             }
 
-        return self._cached(("analyze", request.text, tuple(heads)), compute)
+        key = ("analyze", request.text, tuple(heads))
+        return self._cached_with_tags(key, request.text, "overlap", work)
 
     def encoded(
         self,
-        payload_of: Callable[[Any], dict],
+        payload_of: Callable[[Any], dict | Awaiting[dict]],
         request: Any,
         media_type: str = JSON,
         single_array: str | None = None,
-    ) -> bytes:
+    ) -> bytes | Awaiting[bytes]:
         """A payload encoded as `media_type`, at the request's `dtype`/`decimals`: what routes
         send. Runs in the analysis pool, so encoding never blocks the event loop."""
         precision = Precision(
@@ -360,13 +387,20 @@ class Runtime:
         sparsity = Sparsity(
             top_k=getattr(request, "top_k", None), threshold=getattr(request, "threshold", None)
         )
-        payload = sparsity.sparsify(payload_of(request))
-        return encode(payload, media_type, precision, single_array)
+
+        def encoded_payload(payload: dict) -> bytes:
+            return encode(sparsity.sparsify(payload), media_type, precision, single_array)
+
+        payload = payload_of(request)
+        if isinstance(payload, Awaiting):
+            then = payload.then
+            return Awaiting(payload.future, lambda tags: encoded_payload(then(tags)))
+        return encoded_payload(payload)
 
     # -- the API's questions, as pydantic models (the plain path) --------------------------------
 
     def tag(self, request: TagRequest) -> TagResponse:
-        return TagResponse.model_validate(self.tag_payload(request))
+        return TagResponse.model_validate(resolved(self.tag_payload(request)))
 
     def activity(self, request: ActivityRequest) -> ActivityResponse:
         return ActivityResponse.model_validate(to_lists(self.activity_payload(request)))
@@ -380,7 +414,7 @@ class Runtime:
     def analyze(self, request: AnalyzeRequest) -> AnalyzeResponse:
         sparsity = Sparsity(top_k=request.top_k, threshold=request.threshold)
         return AnalyzeResponse.model_validate(
-            to_lists(sparsity.sparsify(self.analyze_payload(request)))
+            to_lists(sparsity.sparsify(resolved(self.analyze_payload(request))))
         )
 
 
@@ -389,12 +423,13 @@ def load_runtime(settings: Settings, *, load_probes: bool = True) -> Runtime:
 
     `load_probes=False` skips the probe run (the probe trainer loads the model this way)."""
     files = resolve_model_files(settings.model, settings.tokenizer)
+    native_cache = getattr(settings, "kernel_cache", None)
     if getattr(settings, "tagger_process", False):
-        tagger: PosTagger | TaggerProcess = TaggerProcess(  # loads while the model does
-            WORD_SPAN_CACHE_BYTES, native_cache=getattr(settings, "kernel_cache", None)
+        tagger: Tagger = TaggerProcess(  # loads while the model does
+            WORD_SPAN_CACHE_BYTES, native_cache=native_cache
         )
     else:
-        tagger = PosTagger(native_cache=getattr(settings, "kernel_cache", None))
+        tagger = PosTagger(native_cache=native_cache)
     try:
         if settings.torch_threads:
             torch.set_num_threads(settings.torch_threads)

@@ -10,7 +10,7 @@ from typing import TypeVar
 import numpy as np
 import torch
 
-from headscope.tagging.nltk_tagger import NO_WORD
+from headscope.tagging.base import NO_WORD
 
 VECTORS = ("key", "query", "value")
 # EngineOutput attribute holding each vector kind.

@@ -256,6 +256,12 @@ class ReadyResponse(BaseModel):
     probes_reason: str | None = Field(
         default=None, description="Why probes are unavailable, and how to fix it."
     )
+    tagger: Literal["ready", "starting", "unresponsive", "stopped"] = Field(
+        default="ready",
+        description="Whether the POS tagger answers. While it does not, routes that need tags "
+        "answer 503 with Retry-After and the others are unaffected: 'starting' (a new tagger "
+        "process is loading), 'unresponsive' (it stopped answering and is being replaced).",
+    )
 
 
 class ErrorBody(BaseModel):

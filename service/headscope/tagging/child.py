@@ -1,21 +1,26 @@
 """POS tagging in a child process, so that it does not hold the server's GIL.
 
-Tagging is pure Python (Punkt, the Treebank rules, the perceptron's word-by-word loop): about
-3 ms of a 128-token /v1/analyze, all of it holding the GIL. Under concurrent load that
-serialises requests whose forward passes (torch ops and the C kernel, which release the GIL)
-could otherwise run side by side. `TaggerProcess` runs a PosTagger in a child process
-(`python -m headscope.tagging.child`), which never imports torch, and talks to it over
+Tagging is pure Python for the most part (Punkt, the Treebank rules, the perceptron's features)
+and holds the GIL; under concurrent load that would serialise requests whose forward passes
+(torch ops and the C kernel, which release the GIL) could otherwise run side by side.
+`TaggerProcess` is a transport of the Tagger protocol (headscope.tagging.base) to a PosTagger in
+a child process (`python -m headscope.tagging.child`), which never imports torch. They talk over
 the child's stdin and stdout in length-prefixed `marshal` frames of tuples, lists, strings and
 ints (marshal rebuilds only such plain values, unlike pickle). Requests carry ids, so several
-analysis threads wait on the child at once; a reader thread hands each answer to its Future.
+threads wait on the child at once; a reader thread hands each answer to its Future.
 
-If the child dies, the requests waiting on it fail with 503 (retry), and the next request starts
-a new child. With the setting `tagger_process=false` the server tags in its own process.
+A watcher thread pings the child every `heartbeat_interval`; the child answers a ping as soon as
+it reads it, before any tagging it has queued. A ping unanswered for `hang_timeout` means the
+child is stuck (stopped, or looping): it is killed, the requests waiting on it fail with 503 and
+Retry-After, and the watcher starts a new child. A child that exits is replaced the same way.
+Until a child answers again, `health` says so and requests fail at once with 503.
+With the setting `tagger_process=false` the server tags in its own process.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import logging
 import marshal
@@ -26,6 +31,8 @@ import struct
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
@@ -33,27 +40,40 @@ from pathlib import Path
 from typing import IO, Any
 
 from headscope.errors import NotReady, StartupError
-from headscope.tagging.nltk_tagger import WordSpan
+from headscope.tagging.base import Alignment, TaggerHealth, WordSpan
 
 log = logging.getLogger("headscope.tagging")
 
 FRAME_HEADER = struct.Struct("<I")
-# Loading nltk and the tagger's weights takes 1-2 s; a slow or busy disk, several times that.
+# Loading nltk and the tagger's weights takes seconds; a slow or busy disk, several times that.
 STARTUP_TIMEOUT_S = 120.0
-# The longest text (max_tokens 512 by default) tags in well under a second; an answer this late
-# means the child is stuck, and it is replaced.
+# A child that answers pings answers requests: one text of at most max_tokens tags in far less
+# than a second. The heartbeat catches a child that stops answering; this last bound only keeps
+# a blocking caller from waiting forever should the watcher itself fail.
 ANSWER_TIMEOUT_S = 120.0
+# How often the child is pinged, and how long a ping may go unanswered before the child is taken
+# for stuck. The child answers a ping between two texts, and one text takes a small fraction of
+# the timeout even on a busy machine.
+HEARTBEAT_INTERVAL_S = 0.5
+HANG_TIMEOUT_S = 3.0
+# Between attempts to start a new child when one fails to start.
+RESTART_DELAY_S = 5.0
 RETRY_AFTER = {"Retry-After": "1"}
 # A pipe write of at most PIPE_BUF bytes is atomic (POSIX): without blocking, it goes in whole
-# or not at all, so a prefetch never leaves half a frame in the stream.
+# or not at all, so a prefetch or a ping never leaves half a frame in the stream.
 PIPE_BUF = select.PIPE_BUF
 # Prefetches the child holds while it has real requests to answer; older ones are dropped.
 PREFETCH_BACKLOG = 64
+PING_ID = -1
+
+
+def _frame(value: Any) -> bytes:
+    payload = marshal.dumps(value)
+    return FRAME_HEADER.pack(len(payload)) + payload
 
 
 def _write_frame(stream: IO[bytes], value: Any) -> None:
-    payload = marshal.dumps(value)
-    stream.write(FRAME_HEADER.pack(len(payload)) + payload)
+    stream.write(_frame(value))
     stream.flush()
 
 
@@ -109,35 +129,34 @@ class _FrameReader:
         return frames
 
 
-class _Answer:
-    """Tags on their way from the child: `result()` waits for them."""
-
-    def __init__(self, future: Future, owner: TaggerProcess, child: _Child) -> None:
-        self._future, self._owner, self._child = future, owner, child
-
-    def result(self) -> list[str]:
-        try:
-            return self._future.result(timeout=self._owner.answer_timeout)
-        except FutureTimeout:
-            self._owner._replace(self._child, "it answered nothing for a long time")
-            raise NotReady(
-                "Tagging took too long; the tagger process is being restarted. Retry shortly.",
-                headers=RETRY_AFTER,
-            ) from None
+def _pipes(process: subprocess.Popen) -> tuple[IO[bytes], IO[bytes]]:
+    """The child's stdin and stdout, which _spawn makes pipes."""
+    assert process.stdin is not None and process.stdout is not None
+    return process.stdin, process.stdout
 
 
 @dataclass(eq=False)
 class _Child:
     process: subprocess.Popen
     pending: dict[int, Future] = field(default_factory=dict)
+    ping_since: float | None = None  # when the ping now unanswered was due
+    ping_sent: bool = False  # whether that ping is in the pipe (a full pipe takes none)
+
+    @property
+    def stdin_fd(self) -> int:
+        return _pipes(self.process)[0].fileno()
+
+
+def _stopped_error(why: str) -> NotReady:
+    return NotReady(f"The tagger process {why}; a new one is starting. Retry.", headers=RETRY_AFTER)
 
 
 class TaggerProcess:
-    """A PosTagger in a child process, with PosTagger's methods the server uses.
+    """A PosTagger in a child process, behind the Tagger protocol.
 
     The constructor starts the child and returns at once, so the model can load meanwhile;
     `wait_ready()` waits for the child's tagger (StartupError, with the child's message, if it
-    cannot load).
+    cannot load) and starts the watcher.
     """
 
     def __init__(
@@ -146,21 +165,39 @@ class TaggerProcess:
         *,
         native_cache: Path | None = None,
         startup_timeout: float = STARTUP_TIMEOUT_S,
-        answer_timeout: float = ANSWER_TIMEOUT_S,
+        heartbeat_interval: float = HEARTBEAT_INTERVAL_S,
+        hang_timeout: float = HANG_TIMEOUT_S,
     ) -> None:
         self.cache_bytes = cache_bytes
         self.native_cache = native_cache
         self.startup_timeout = startup_timeout
-        self.answer_timeout = answer_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.hang_timeout = hang_timeout
         self.identity: dict[str, str] = {}
-        self.classes: set[str] = set()
-        self._lock = threading.Lock()  # guards _child and the writes to its stdin
+        self._classes: set[str] = set()
+        self._lock = threading.Lock()  # guards the fields below and each child's pending/ping
+        self._write_lock = threading.Lock()  # one frame at a time into the child's stdin
         self._ids = itertools.count()
         self._closed = False
+        self._health: TaggerHealth = "starting"
         self._child: _Child | None = None
         self._starting: subprocess.Popen | None = self._spawn()
+        self._wake = threading.Event()  # the watcher acts now: a child stopped, or close()
 
-    # -- starting and stopping ---------------------------------------------------------------
+    @property
+    def classes(self) -> set[str]:
+        return self._classes
+
+    @property
+    def health(self) -> TaggerHealth:
+        return self._health
+
+    @property
+    def pid(self) -> int | None:
+        child = self._child
+        return child.process.pid if child else None
+
+    # -- starting, watching and stopping children --------------------------------------------
 
     def _spawn(self) -> subprocess.Popen:
         package_root = str(Path(__file__).resolve().parents[2])
@@ -180,8 +217,9 @@ class TaggerProcess:
 
     def _await_ready(self, process: subprocess.Popen) -> _Child:
         """The started child once its tagger has loaded; StartupError if it cannot."""
-        ready, _, _ = select.select([process.stdout], [], [], self.startup_timeout)
-        hello = _read_frame(process.stdout) if ready else None
+        _, stdout = _pipes(process)
+        ready, _, _ = select.select([stdout], [], [], self.startup_timeout)
+        hello = _read_frame(stdout) if ready else None
         if not (isinstance(hello, tuple) and hello and hello[0] == "ready"):
             process.kill()
             process.wait()
@@ -190,171 +228,251 @@ class TaggerProcess:
             why = "did not start in time" if not ready else f"exited ({process.returncode})"
             raise StartupError(f"The tagger process {why}; its errors are in the log above.")
         _, self.identity, classes = hello
-        self.classes = set(classes)
-        child = _Child(process)
+        self._classes = set(classes)
+        return _Child(process)
+
+    def _install(self, child: _Child) -> bool:
+        """Make `child` the one requests go to, and read its answers; False once closed."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._child, self._starting, self._health = child, None, "ready"
         threading.Thread(
             target=self._read_answers, args=(child,), name="tagger-answers", daemon=True
         ).start()
-        return child
+        return True
 
     def wait_ready(self) -> None:
+        """Wait for the first child, then watch it (and its successors)."""
         with self._lock:
-            if self._starting is not None:
-                process, self._starting = self._starting, None
-                self._child = self._await_ready(process)
+            process = self._starting
+        if process is None or self._child is not None:
+            return
+        try:
+            child = self._await_ready(process)
+        except StartupError:
+            with self._lock:
+                self._starting = None
+            raise
+        if not self._install(child):
+            self._stop_process(child.process)
+            return
+        threading.Thread(target=self._watch, name="tagger-watcher", daemon=True).start()
 
-    def _current_child(self) -> _Child:
-        """The running child, started anew if the last one died (called with _lock held)."""
-        if self._closed:
-            raise NotReady("The server is shutting down.", headers=RETRY_AFTER)
-        if self._child is None:
-            process, self._starting = self._starting or self._spawn(), None
-            try:
-                self._child = self._await_ready(process)
-            except StartupError as err:
-                raise NotReady(
-                    f"The tagger process could not be restarted: {err}", headers=RETRY_AFTER
-                ) from err
-            log.warning("Started a new tagger process (pid %d)", self._child.process.pid)
-        return self._child
+    def _watch(self) -> None:
+        while not self._closed:
+            self._wake.wait(self.heartbeat_interval)
+            self._wake.clear()
+            child = self._child
+            if self._closed:
+                return
+            if child is None:
+                self._start_replacement()
+            else:
+                self._heartbeat(child)
 
-    def _replace(self, child: _Child, why: str) -> None:
-        log.error("Stopping the tagger process (pid %d): %s", child.process.pid, why)
-        child.process.kill()  # its reader sees the end of the stream and fails what waits
+    def _heartbeat(self, child: _Child) -> None:
+        """Ping the child if no ping is out; replace it if the one out is overdue."""
+        now = time.monotonic()
+        with self._lock:
+            if child.ping_since is None:
+                child.ping_since, child.ping_sent = now, False
+            overdue = now - child.ping_since > self.hang_timeout
+        if overdue:
+            self._drop(child, "unresponsive", f"answered no ping for {self.hang_timeout:g} s")
+        elif not child.ping_sent:
+            child.ping_sent = self._send_nowait(child, _frame((PING_ID, "ping", ())))
+
+    def _drop(self, child: _Child, health: TaggerHealth, why: str) -> None:
+        """Stop using `child` (killed if running), fail what waits on it, have it replaced."""
+        with self._lock:
+            if self._child is not child:
+                return  # dropped already
+            self._child, self._health = None, health
+            waiting = list(child.pending.values())
+            child.pending.clear()
+        if not self._closed:
+            log.error("The tagger process (pid %d) %s; starting a new one", child.process.pid, why)
+        child.process.kill()  # a stopped process dies all the same
+        error = _stopped_error(why)
+        for future in waiting:
+            future.set_exception(error)
+        self._wake.set()
+
+    def _start_replacement(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._health = "starting"
+            process = self._starting = self._spawn()
+        try:
+            child = self._await_ready(process)
+        except StartupError as err:
+            with self._lock:
+                self._starting = None
+                if self._closed:
+                    return  # close() stopped it
+            log.error("A new tagger process could not start: %s", err)
+            self._wake.wait(RESTART_DELAY_S)  # close() cuts it short
+            return
+        if self._install(child):
+            log.warning("Started a new tagger process (pid %d)", child.process.pid)
+        else:
+            self._stop_process(child.process)
+
+    @staticmethod
+    def _stop_process(process: subprocess.Popen) -> None:
+        """Close its stdin, on which it exits; kill it if it does not."""
+        with contextlib.suppress(OSError):  # a broken pipe: the child is gone already
+            _pipes(process)[0].close()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
     def close(self) -> None:
-        """Stop the child: it exits when its stdin closes (killed if it does not)."""
+        """Stop the child and the watcher; later requests get 503."""
         with self._lock:
-            self._closed = True
-            children = [self._child.process] if self._child else []
-            children += [self._starting] if self._starting else []
-            self._child = self._starting = None
-        for process in children:
-            process.stdin.close()
-            try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-
-    @property
-    def pid(self) -> int | None:
-        return self._child.process.pid if self._child else None
+            self._closed, self._health = True, "stopped"
+            child, self._child = self._child, None
+            starting, self._starting = self._starting, None
+        self._wake.set()
+        if starting is not None:
+            starting.kill()
+            starting.wait()
+        if child is not None:
+            self._stop_process(child.process)
 
     # -- requests ---------------------------------------------------------------------------
 
     def _read_answers(self, child: _Child) -> None:
+        _, stdout = _pipes(child.process)
         try:
-            while (frame := _read_frame(child.process.stdout)) is not None:
+            while (frame := _read_frame(stdout)) is not None:
                 request_id, ok, result = frame
-                future = child.pending.pop(request_id, None)
+                with self._lock:
+                    if request_id == PING_ID:
+                        child.ping_since = None
+                        continue
+                    future = child.pending.pop(request_id, None)
                 if future is not None and ok:
                     future.set_result(result)
                 elif future is not None:
                     future.set_exception(RuntimeError(f"Tagging failed in the child: {result}"))
         except (OSError, ValueError, EOFError) as err:
             log.error("Reading from the tagger process failed: %s", err)
-        with self._lock:
-            if self._child is child:
-                self._child = None
+        self._drop(child, "starting", "stopped")
         child.process.wait()
-        if not self._closed:
-            log.error("The tagger process (pid %d) stopped", child.process.pid)
-        for future in list(child.pending.values()):
-            future.set_exception(
-                NotReady(
-                    "The tagger process stopped while tagging this text; it restarts on the "
-                    "next request. Retry.",
-                    headers=RETRY_AFTER,
-                )
-            )
-        child.pending.clear()
 
-    def _submit(self, method: str, *args: Any) -> tuple[Future, _Child]:
+    def _ready_child(self) -> _Child:
+        """The child to send to (called with _lock held); NotReady if none answers now."""
+        if self._closed:
+            raise NotReady("The server is shutting down.", headers=RETRY_AFTER)
+        if self._child is None:
+            why = "stopped answering" if self._health == "unresponsive" else "is starting"
+            raise NotReady(f"The tagger process {why}. Retry shortly.", headers=RETRY_AFTER)
+        return self._child
+
+    def _submit(self, method: str, *args: Any) -> Future:
+        request_id = next(self._ids)
+        frame = _frame((request_id, method, args))
         future: Future = Future()
+        # Running from now on, as far as concurrent.futures knows: cancel() then fails, so an
+        # asyncio waiter that is cancelled (its client gone) leaves the future to the reader.
+        future.set_running_or_notify_cancel()
         with self._lock:
-            child = self._current_child()
-            request_id = next(self._ids)
+            child = self._ready_child()
             child.pending[request_id] = future
-            try:
-                _write_frame(child.process.stdin, (request_id, method, args))
-            except (OSError, ValueError):
+        try:
+            with self._write_lock:
+                _send_all(child.stdin_fd, frame)
+        except (OSError, ValueError):
+            with self._lock:
                 child.pending.pop(request_id, None)
-                raise NotReady(
-                    "The tagger process stopped; it restarts on the next request. Retry.",
-                    headers=RETRY_AFTER,
-                ) from None
-        return future, child
+            raise _stopped_error("stopped") from None
+        return future
+
+    def _send_nowait(self, child: _Child, frame: bytes) -> bool:
+        """Write a frame of at most PIPE_BUF bytes whole, or nothing if that would block."""
+        if len(frame) > PIPE_BUF or not self._write_lock.acquire(blocking=False):
+            return False
+        try:
+            fd = child.stdin_fd
+            os.set_blocking(fd, False)
+            try:
+                os.write(fd, frame)  # all or nothing (<= PIPE_BUF)
+            finally:
+                os.set_blocking(fd, True)
+            return True
+        except (OSError, ValueError):  # the pipe is full (BlockingIOError), or the child is gone
+            return False
+        finally:
+            self._write_lock.release()
+
+    @staticmethod
+    def _result(future: Future) -> Any:
+        try:
+            return future.result(timeout=ANSWER_TIMEOUT_S)
+        except FutureTimeout:
+            raise NotReady("Tagging took too long. Retry shortly.", headers=RETRY_AFTER) from None
 
     def submit_tag_tokens(
-        self, text: str, offsets: list[tuple[int, int]], alignment: str = "overlap"
-    ) -> _Answer:
-        """Start tagging; the answer's `result()` is PosTagger.tag_tokens's list of tags."""
-        future, child = self._submit(
-            "tag_tokens", text, [tuple(pair) for pair in offsets], alignment
-        )
-        return _Answer(future, self, child)
+        self, text: str, offsets: Sequence[tuple[int, int]], alignment: Alignment = "overlap"
+    ) -> Future[list[str]]:
+        return self._submit("tag_tokens", text, [tuple(pair) for pair in offsets], alignment)
 
     def tag_tokens(
-        self, text: str, offsets: list[tuple[int, int]], alignment: str = "overlap"
+        self, text: str, offsets: Sequence[tuple[int, int]], alignment: Alignment = "overlap"
     ) -> list[str]:
-        return self.submit_tag_tokens(text, offsets, alignment).result()
+        return self._result(self.submit_tag_tokens(text, offsets, alignment))
+
+    def word_spans(self, text: str) -> list[WordSpan]:
+        bounds, tags = self._result(self._submit("word_spans", text))
+        return [WordSpan(start, end, tag) for (start, end), tag in zip(bounds, tags, strict=True)]
 
     def cache_counts(self) -> tuple[int, int]:
         """The child's word-span cache: (hits, misses) so far."""
-        future, child = self._submit("cache_counts")
-        hits, misses = _Answer(future, self, child).result()
+        hits, misses = self._result(self._submit("cache_counts"))
         return hits, misses
 
     def prefetch(self, text: str) -> bool:
         """Have the child tag the text's words now, ahead of the tag_tokens call that will ask
         for them (answered from its cache then). Called on the event loop as a request arrives,
         so that the child tags the texts queued for the analysis threads while they run forward
-        passes. Never blocks and never fails: when the child is busy writing, missing, or its
-        pipe is full, or the frame is too long to go in whole, it does nothing (False)."""
+        passes. Never blocks and never fails: when another thread is writing, there is no child,
+        its pipe is full or the frame too long to go in whole, it does nothing (False)."""
         if not self.cache_bytes:
             return False  # nowhere to keep the words
-        frame = marshal.dumps((None, "prefetch", (text,)))
-        frame = FRAME_HEADER.pack(len(frame)) + frame
-        if len(frame) > PIPE_BUF or not self._lock.acquire(blocking=False):
+        child = self._child
+        if child is None or self._closed:
             return False
-        try:
-            child = self._child
-            if child is None or self._closed:
-                return False
-            fd = child.process.stdin.fileno()
-            os.set_blocking(fd, False)
-            try:
-                os.write(fd, frame)  # all or nothing (<= PIPE_BUF); the writer's buffer is empty
-            except OSError:  # the pipe is full (BlockingIOError), or the child is gone
-                return False
-            finally:
-                os.set_blocking(fd, True)
-            return True
-        finally:
-            self._lock.release()
+        return self._send_nowait(child, _frame((None, "prefetch", (text,))))
 
-    def word_spans(self, text: str) -> list[WordSpan]:
-        future, child = self._submit("word_spans", text)
-        bounds, tags = _Answer(future, self, child).result()
-        return [WordSpan(start, end, tag) for (start, end), tag in zip(bounds, tags, strict=True)]
+
+def _send_all(fd: int, data: bytes) -> None:
+    """Write all of `data` to a blocking file descriptor."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def _serve(tagger: Any, requests_fd: int, answers: IO[bytes]) -> None:
     """The child's loop: answer each request frame until stdin closes.
 
-    Requests that a server thread waits for come first; prefetches (request id None, no answer)
-    fill the time in between, oldest first, and only tag words into the cache.
+    Pings are answered as soon as they are read. Requests that a server thread waits for come
+    next; prefetches (request id None, no answer) fill the time in between, oldest first, and
+    only tag words into the cache.
     """
 
     def word_spans(text: str) -> tuple[list[tuple[int, int]], list[str]]:
-        bounds, tags = tagger._word_span_arrays(text)
+        bounds, tags = tagger.word_span_arrays(text)
         return [tuple(pair) for pair in bounds.tolist()], list(tags)
 
     methods = {
         "tag_tokens": tagger.tag_tokens,
         "word_spans": word_spans,
-        "prefetch": tagger._word_span_arrays,
+        "prefetch": tagger.word_span_arrays,
         "cache_counts": lambda: (tagger.cache.hits, tagger.cache.misses),
     }
     reader = _FrameReader(requests_fd)
@@ -362,7 +480,10 @@ def _serve(tagger: Any, requests_fd: int, answers: IO[bytes]) -> None:
     prefetches: collections.deque = collections.deque(maxlen=PREFETCH_BACKLOG)
     while (frames := reader.read(block=not (waited_for or prefetches))) is not None:
         for frame in frames:
-            (prefetches if frame[0] is None else waited_for).append(frame)
+            if frame[0] == PING_ID:
+                _write_frame(answers, (PING_ID, True, None))
+            else:
+                (prefetches if frame[0] is None else waited_for).append(frame)
         if not (waited_for or prefetches):
             continue
         request_id, method, args = (waited_for or prefetches).popleft()

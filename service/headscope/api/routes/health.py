@@ -42,5 +42,6 @@ async def readyz(request: Request) -> JSONResponse:
         model_id=public_model_name(runtime.files.model_id),
         probes="loaded" if runtime.probes is not None else "unavailable",
         probes_reason=None if runtime.probes is not None else runtime.probes_reason,
+        tagger=runtime.tagger.health,
     )
     return JSONResponse(body.model_dump())
