@@ -23,7 +23,6 @@ import itertools
 import logging
 import os
 import re
-import subprocess
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future
@@ -348,16 +347,15 @@ def load_native_perceptron(
 ) -> NativePerceptron | None:
     """The C word loop for `dense`, built on first use; None (the Python loop) without a C
     compiler or if the build fails or disagrees."""
-    try:
-        library, _ = native_build.load_library(
-            PERCEPTRON_SOURCE, PERCEPTRON_FLAGS, cache_dir, "perceptron"
-        )
+    def checked(library: ctypes.CDLL, _path: Path) -> NativePerceptron:
         native = NativePerceptron(library, dense)
         native.check()
         return native
-    except (OSError, subprocess.SubprocessError, NativeTaggerMismatch) as err:
-        log.warning("The tagger's C word loop is unavailable (%s); tagging in Python.", err)
-        return None
+
+    return native_build.load(
+        "perceptron", PERCEPTRON_SOURCE, PERCEPTRON_FLAGS, checked, cache_dir=cache_dir,
+        instead="tagging in Python",
+    )  # fmt: skip
 
 
 def _unguarded(pattern):
