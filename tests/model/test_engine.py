@@ -54,9 +54,7 @@ def test_patterns_and_block_outputs_match_hf(model_case, backend):
     input_ids = long_text(runtime.tokenizer)
     attentions, block_outputs = hf_reference(model_dir, input_ids)
     assert backend in [attached.name for attached in runtime.engine.backends]
-    output = runtime.engine.run(
-        input_ids, all_patterns=True, contributions=True, backend=backend
-    )
+    output = runtime.engine.run(input_ids, all_patterns=True, contributions=True, backend=backend)
     for layer in range(runtime.geometry.n_layers):
         pattern_diff = (output.all_patterns[:, layer] - attentions[layer]).abs().max().item()
         block_diff = (output.attention_outputs[:, layer] - block_outputs[layer]).abs().max().item()

@@ -347,6 +347,7 @@ def load_native_perceptron(
 ) -> NativePerceptron | None:
     """The C word loop for `dense`, built on first use; None (the Python loop) without a C
     compiler or if the build fails or disagrees."""
+
     def checked(library: ctypes.CDLL, _path: Path) -> NativePerceptron:
         native = NativePerceptron(library, dense)
         native.check()

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 
 from headscope.errors import StartupError
 from headscope.model.backends import native as kernel_module
-from headscope.native import build as native_build
 from headscope.model.backends.native import (
     MIN_FLOATS_PER_THREAD,
     gelu_tanh_reference,
@@ -23,6 +22,7 @@ from headscope.model.backends.native import (
     reference_attention,
     w_o_gram,
 )
+from headscope.native import build as native_build
 
 HEADS = 16
 

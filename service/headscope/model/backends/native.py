@@ -579,9 +579,19 @@ class NativeBackend:
         if whole_blocks and kernel.blocks and tanh_gelu and self.unsupported(None) is None:
             self.blocks = [
                 kernel.block_weights(
-                    w.ln_1, w.ln_2, w.w_qkv, w.w_o, w.b_o, w.w_fc, w.b_fc, w.w_proj, w.b_proj,
-                    gram, geometry.n_heads, geometry.window(layer),
-                )  # fmt: skip
+                    w.ln_1,
+                    w.ln_2,
+                    w.w_qkv,
+                    w.w_o,
+                    w.b_o,
+                    w.w_fc,
+                    w.b_fc,
+                    w.w_proj,
+                    w.b_proj,
+                    gram,
+                    geometry.n_heads,
+                    geometry.window(layer),
+                )
                 for layer, (w, gram) in enumerate(zip(layers, self.grams, strict=True))
             ]
 
