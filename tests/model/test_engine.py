@@ -41,18 +41,20 @@ def hf_reference(model_dir, input_ids):
     return result.attentions, block_outputs
 
 
-@pytest.fixture(params=["standin", "random"])
+@pytest.fixture(scope="module", params=["standin", "random"])
 def model_case(request, runtime, random_runtime, standin_dir, random_model_dir):
+    """(runtime, input ids, HF's attentions, HF's attention-block outputs), HF run once."""
     if request.param == "standin":
-        return runtime, standin_dir
-    return random_runtime, random_model_dir
+        runtime, model_dir = runtime, standin_dir
+    else:
+        runtime, model_dir = random_runtime, random_model_dir
+    input_ids = long_text(runtime.tokenizer)
+    return runtime, input_ids, *hf_reference(model_dir, input_ids)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_patterns_and_block_outputs_match_hf(model_case, backend):
-    runtime, model_dir = model_case
-    input_ids = long_text(runtime.tokenizer)
-    attentions, block_outputs = hf_reference(model_dir, input_ids)
+    runtime, input_ids, attentions, block_outputs = model_case
     assert backend in [attached.name for attached in runtime.engine.backends]
     output = runtime.engine.run(input_ids, all_patterns=True, contributions=True, backend=backend)
     for layer in range(runtime.geometry.n_layers):

@@ -146,8 +146,8 @@ class Runtime:
     def encode(self, text: str) -> Encoded:
         """Tokenize, enforcing the token limit before any model work.
 
-        Tokenizing takes time linear in the text (a 1 MB body is ~250k tokens and seconds of
-        work), so a text that is surely too long is refused after a bounded look at it: by its
+        Tokenizing takes time linear in the text, and a body may hold far more than `max_tokens`
+        tokens, so a text that is surely too long is refused after a bounded look at it: by its
         length, or by the tokens of a prefix. The 413 then says "more than max_tokens" with the
         count actually established, never a guessed total.
         """
