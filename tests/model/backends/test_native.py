@@ -307,3 +307,8 @@ def test_torchs_sgemm_is_used_only_in_its_version_range(monkeypatch):
     assert kernel_module._torch_sgemm() is None
     monkeypatch.setattr(kernel_module, "_torch_version", lambda: (low[0], low[1] - 1))
     assert kernel_module._torch_sgemm() is None
+
+
+def test_an_sgemm_that_disagrees_with_torch_mm_is_not_used(monkeypatch):
+    monkeypatch.setattr(kernel_module, "_sgemm_agrees_with_torch", lambda address: False)
+    assert kernel_module._torch_sgemm() is None
