@@ -4,8 +4,8 @@ Task: "all heads' activity + all attention patterns" for 64 sequences of the sha
 sample (consecutive paragraphs joined to 128+ tokens: natural, mixed lengths), batch 1 and
 batched (sequences of similar length, right-padded; the same batches for every tool). Tools:
 
-- headscope: AnalysisEngine.run(all_patterns=True) (activity comes with every run), with the
-  fused C attention kernel as served, and on its torch path;
+- headscope: AnalysisEngine.run(all_patterns=True) (activity comes with every run), on each
+  backend: native (the C kernels, as served), torch, and the op-by-op reference;
 - HF: GPTNeoForCausalLM(ids, output_attentions=True), activity from a pre-hook on each
   out_proj (z of every head x its W_O slice, L2 norm): what a user of plain transformers writes;
 - TransformerLens 4: TransformerBridge.boot_transformers(dir) (no compatibility mode, so raw
@@ -34,16 +34,16 @@ SEQUENCES = 64
 PAPER_SUBSET = 4
 
 
-def load_headscope(kernel: bool = True):
-    """The engine as the server builds it: the fused C kernel attached (kernel=False: the torch
-    path, shown as its own row so the kernel's share of the speed-up is visible)."""
+def load_headscope():
+    """The engine as the server builds it: the native backend attached (the other backends are
+    run by name, each as its own row, so the C kernel's share of the speed-up is visible)."""
     from headscope.model.backends.native import load_attention_kernel
     from headscope.model.engine import AnalysisEngine
     from headscope.model.loading import load_model, resolve_model_files
 
     model, _ = load_model(resolve_model_files(str(common.STANDIN_DIR)))
     engine = AnalysisEngine(model.config, model.tensors)
-    engine.use_kernel(load_attention_kernel("c") if kernel else None)
+    engine.use_kernel(load_attention_kernel("c"))
     return engine
 
 
@@ -68,9 +68,9 @@ def load_tl():
 # -- one function per tool: ids [batch, token] -> (activity [b, l, h, t], patterns [b,l,h,q,k]) --
 
 
-def headscope_analysis(engine) -> Callable:
+def headscope_analysis(engine, backend: str | None = None) -> Callable:
     def analyse(ids: torch.Tensor):
-        output = engine.run(ids, all_patterns=True)
+        output = engine.run(ids, all_patterns=True, backend=backend)
         return output.activity, output.all_patterns
 
     return analyse
@@ -228,11 +228,8 @@ def main(argv: Sequence[str] | None = None) -> dict:
     reference = headscope_analysis(engine)
     tools: list[tuple[str, Callable, list]] = [
         ("headscope", reference, sequences),
-        (
-            "headscope, torch path (no C kernel)",
-            headscope_analysis(load_headscope(False)),
-            sequences,
-        ),
+        ("headscope, torch backend (no C kernel)", headscope_analysis(engine, "torch"), sequences),
+        ("headscope, reference backend", headscope_analysis(engine, "reference"), sequences),
         ("HF output_attentions (+ out_proj hooks)", hf_analysis(load_hf()), sequences),
     ]
     bridge = load_tl()

@@ -1,31 +1,13 @@
-"""The corpus analysis's parts: batching, truncation of drawn sequences, the LRU, progress logs."""
+"""The corpus analysis's parts: truncation of drawn sequences, the LRU, progress logs."""
 
 from __future__ import annotations
 
 import logging
-import random
 
 import pytest
 
 from tests.analysis.test_corpus_api import TEXTS
 from tests.helpers import CORPUS
-
-
-def test_batches_cover_every_sequence_once_within_the_budgets():
-    from headscope.analysis.corpus import BATCH_TOKENS, batches
-
-    lengths = [random.Random(seed).randint(1, 512) for seed in range(300)]
-    cell_budget = 1 << 19
-    seen = []
-    for batch in batches(lengths, cell_budget):
-        longest = max(lengths[i] for i in batch)
-        assert lengths[batch[-1]] == longest  # the batch's width is its last sequence's length
-        if len(batch) > 1:
-            assert len(batch) * longest <= BATCH_TOKENS
-            assert len(batch) * longest * longest <= cell_budget
-        seen.extend(batch)
-    assert sorted(seen) == list(range(len(lengths)))
-    assert [lengths[i] for i in seen] == sorted(lengths)  # similar lengths share a batch
 
 
 def test_drawn_sequences_are_cut_to_max_tokens(runtime_view, corpus_settings):

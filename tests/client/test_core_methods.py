@@ -59,7 +59,7 @@ def test_activity_selection_to_numpy_matches_the_forward_pass(client, live_serve
     # The engine's own dtype: each JSON number is the shortest decimal of a float32.
     assert array.shape == (2, 3, len(result.tokens)) and array.dtype == np.float32
     assert result.to_numpy(np.float64).dtype == np.float64
-    expected = runtime.forward(runtime.encode(TEXT)).activity[0].numpy()  # [layer, head, token]
+    expected = runtime.forward(runtime.encode(TEXT)).activity  # [layer, head, token]
     np.testing.assert_allclose(array, expected[[0, 5]][:, [1, 3, 15]], atol=1e-5)
     np.testing.assert_allclose(result.head_activity(5, 15), expected[5, 15], atol=1e-5)
 
@@ -90,8 +90,8 @@ def test_attention_full_pattern_and_one_query_row(client, live_server, runtime):
     np.testing.assert_allclose(row.to_numpy(), pattern[5:6], atol=1e-6)
 
     encoded = runtime.encode(TEXT)
-    expected = runtime.forward(encoded, last_layer=3, patterns=[(3, 7)]).patterns[(3, 7)][0]
-    np.testing.assert_allclose(pattern, expected.numpy(), atol=1e-5)
+    expected = runtime.forward(encoded, last_layer=3, patterns=[(3, 7)]).patterns[(3, 7)]
+    np.testing.assert_allclose(pattern, expected, atol=1e-5)
 
 
 def test_analyze_with_heads_given_three_ways(client, live_server):

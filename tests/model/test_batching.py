@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import torch
 
 from headscope.model.batching import length_groups, pad_batch, run_batched
@@ -56,3 +58,33 @@ def test_length_groups_bound_padding_and_batch_tokens():
 def test_pad_batch_right_pads():
     batch = pad_batch([[5, 6, 7], [8]])
     assert batch.tolist() == [[5, 6, 7], [8, 0, 0]]
+
+
+def test_shortest_first_groups_keep_the_token_and_cell_budgets():
+    """The corpus analysis's batches: shortest first, within a token and a cell budget."""
+    lengths = [random.Random(seed).randint(1, 512) for seed in range(300)]
+    tokens, cells = 8192, 1 << 19
+    groups = length_groups(
+        lengths,
+        max_batch_tokens=tokens,
+        max_batch_cells=cells,
+        length_slack=None,
+        longest_first=False,
+    )
+    seen = []
+    for group in groups:
+        longest = max(lengths[i] for i in group)
+        assert lengths[group[-1]] == longest  # the batch's width is its last sequence's length
+        if len(group) > 1:
+            assert len(group) * longest <= tokens
+            assert len(group) * longest * longest <= cells
+        seen.extend(group)
+    assert sorted(seen) == list(range(len(lengths)))
+    assert [lengths[i] for i in seen] == sorted(lengths)  # similar lengths share a batch
+
+
+def test_fixed_size_groups_in_input_order_for_ties():
+    """The probe extraction's batches: longest first, a fixed count each, ties in input order."""
+    lengths = [3, 5, 3, 5, 1, 3]
+    groups = length_groups(lengths, max_batch=2, max_batch_tokens=None, length_slack=None)
+    assert groups == [[1, 3], [0, 2], [5, 4]]

@@ -1,5 +1,6 @@
 """The engine against Hugging Face's own forward pass: patterns vs output_attentions, summed
-contributions + out_proj bias vs the attention block's output, and activity vs a direct norm."""
+contributions + out_proj bias vs the attention block's output, and activity vs a direct norm,
+for each of the three backends (native, torch, reference)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from transformers import GPTNeoModel
 from tests.helpers import CORPUS
 
 TOLERANCE = 1e-5
+BACKENDS = ("native", "torch", "reference")
 
 
 def long_text(tokenizer, min_tokens: int = 300) -> torch.Tensor:
@@ -39,19 +41,22 @@ def hf_reference(model_dir, input_ids):
     return result.attentions, block_outputs
 
 
-@pytest.fixture(params=["standin", "random"])
+@pytest.fixture(scope="module", params=["standin", "random"])
 def model_case(request, runtime, random_runtime, standin_dir, random_model_dir):
+    """(runtime, input ids, HF's attentions, HF's attention-block outputs), HF run once."""
     if request.param == "standin":
-        return runtime, standin_dir
-    return random_runtime, random_model_dir
-
-
-@pytest.mark.parametrize("plain", [False, True], ids=["fast", "plain"])
-def test_patterns_and_block_outputs_match_hf(model_case, plain):
-    runtime, model_dir = model_case
+        runtime, model_dir = runtime, standin_dir
+    else:
+        runtime, model_dir = random_runtime, random_model_dir
     input_ids = long_text(runtime.tokenizer)
-    attentions, block_outputs = hf_reference(model_dir, input_ids)
-    output = runtime.engine.run(input_ids, all_patterns=True, contributions=True, plain=plain)
+    return runtime, input_ids, *hf_reference(model_dir, input_ids)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_patterns_and_block_outputs_match_hf(model_case, backend):
+    runtime, input_ids, attentions, block_outputs = model_case
+    assert backend in [attached.name for attached in runtime.engine.backends]
+    output = runtime.engine.run(input_ids, all_patterns=True, contributions=True, backend=backend)
     for layer in range(runtime.geometry.n_layers):
         pattern_diff = (output.all_patterns[:, layer] - attentions[layer]).abs().max().item()
         block_diff = (output.attention_outputs[:, layer] - block_outputs[layer]).abs().max().item()
@@ -74,11 +79,12 @@ def test_local_layers_see_only_the_window(runtime):
     assert patterns[:, :, upper].abs().max().item() == 0.0  # causal everywhere
 
 
-def test_scores_are_not_scaled_by_sqrt_d_head(runtime):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_scores_are_not_scaled_by_sqrt_d_head(runtime, backend):
     """Recompute one head's pattern from the engine's own q and k without scaling: it must
     match; with 1/sqrt(d) scaling it must not."""
     input_ids = long_text(runtime.tokenizer, 40)
-    output = runtime.engine.run(input_ids, all_patterns=True, vectors=True)
+    output = runtime.engine.run(input_ids, all_patterns=True, vectors=True, backend=backend)
     layer, head = 2, 0
     query = output.queries[0, layer, head]
     key = output.keys[0, layer, head]
@@ -91,7 +97,8 @@ def test_scores_are_not_scaled_by_sqrt_d_head(runtime):
     assert (engine_pattern - scaled).abs().max().item() > 1e-3
 
 
-def test_activity_is_norm_of_head_contribution(runtime, standin_dir):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_activity_is_norm_of_head_contribution(runtime, standin_dir, backend):
     """Activity from an independent route: z from HF's value projection and HF's pattern, times
     the head's raw W_O slice, normed."""
     input_ids = long_text(runtime.tokenizer, 64)
@@ -107,7 +114,7 @@ def test_activity_is_norm_of_head_contribution(runtime, standin_dir):
     hook.remove()
     attention = model.h[layer].attn.attention
     values = attention.v_proj(captured["normed"]).view(1, -1, g.n_heads, g.d_head)
-    output = runtime.engine.run(input_ids, last_layer=layer)
+    output = runtime.engine.run(input_ids, last_layer=layer, backend=backend)
     for head in range(g.n_heads):
         z = result.attentions[layer][0, head] @ values[0, :, head]  # [token, d_head]
         w_o = attention.out_proj.weight[:, head * g.d_head : (head + 1) * g.d_head]

@@ -1,4 +1,5 @@
-"""The fast engine path against the plain (op-by-op) path: same numbers for every output."""
+"""The fast backends (native, in whole blocks or kernel by kernel, and torch) against the
+reference backend (op by op): same numbers for every output."""
 
 from __future__ import annotations
 
@@ -7,9 +8,11 @@ import dataclasses
 import pytest
 import torch
 
+from headscope.model.activity import contribution_norm
+from headscope.model.backends.base import ForwardRequest
 from headscope.model.engine import AnalysisEngine
 
-# Float32 summation order differs between the paths (fused QKV, mask inside the GEMM, blocks of
+# Float32 summation order differs between the backends (fused QKV, mask inside the GEMM, blocks of
 # query rows, the fused GELU); everything else is the same arithmetic.
 TOLERANCE = 1e-5
 FIELDS = ("activity", "all_patterns", "keys", "queries", "values", "contributions")
@@ -23,7 +26,7 @@ PATHS = ("blocks", "kernel", "torch")
 )
 def engine(request, runtime, random_runtime, attention_kernel):
     """The session's engines: one C call per block, the C kernels called one by one, and the
-    torch path."""
+    torch backend."""
     model, path = request.param
     engine = attached_engine(
         runtime if model == "standin" else random_runtime, attention_kernel, path
@@ -36,24 +39,32 @@ def attached_engine(runtime, attention_kernel, path):
     engine = runtime.engine
     engine.use_kernel(attention_kernel if path != "torch" else None, whole_blocks=path == "blocks")
     assert engine.whole_blocks == (path == "blocks")
+    assert engine.backends[0].name == ("torch" if path == "torch" else "native")
     return engine
 
 
+def splits(engine, input_ids, **kept) -> bool:
+    """Whether the engine's preferred backend runs this batch in one-thread parts."""
+    batch, length = input_ids.shape
+    request = ForwardRequest(last_layer=engine.geometry.n_layers - 1, **kept)
+    return engine.backends[0].parts(batch, length, request) > 1
+
+
 @pytest.mark.parametrize("length", [1, 57, 128, 192, 193, 300, 512])
-def test_fast_path_equals_plain_path(engine, corpus_ids, length):
+def test_fast_backends_equal_the_reference(engine, corpus_ids, length):
     input_ids = torch.tensor([corpus_ids[:length]])
     options = dict(all_patterns=True, vectors=True, contributions=True, patterns=[(1, 2), (6, 15)])
     fast = engine.run(input_ids, **options)
-    plain = engine.run(input_ids, plain=True, **options)
+    reference = engine.run(input_ids, backend="reference", **options)
     for name in FIELDS:
-        difference = (getattr(fast, name) - getattr(plain, name)).abs().max().item()
+        difference = (getattr(fast, name) - getattr(reference, name)).abs().max().item()
         assert difference <= TOLERANCE, f"{name} differs by {difference} at {length} tokens"
-    # Attention outputs: the fast path uses out_proj on the merged heads, the plain path sums
+    # Attention outputs: the fast backends use out_proj on the merged heads, the reference sums
     # per-head contributions; both add the same bias.
-    outputs = (fast.attention_outputs - plain.attention_outputs).abs().max().item()
+    outputs = (fast.attention_outputs - reference.attention_outputs).abs().max().item()
     assert outputs <= TOLERANCE
     for head in ((1, 2), (6, 15)):
-        assert (fast.patterns[head] - plain.patterns[head]).abs().max().item() <= TOLERANCE
+        assert (fast.patterns[head] - reference.patterns[head]).abs().max().item() <= TOLERANCE
         assert torch.equal(fast.patterns[head], fast.all_patterns[:, head[0], head[1]])
 
 
@@ -100,14 +111,14 @@ def test_subset_patterns_equal_the_all_pattern_run(engine, corpus_ids):
         assert torch.equal(subset.patterns[(layer, head)], everything.all_patterns[:, layer, head])
 
 
-def test_fast_path_equals_plain_path_for_a_batch(engine, corpus_ids):
+def test_fast_backends_equal_the_reference_for_a_batch(engine, corpus_ids):
     """Several sequences at once: the kernels' rows and (sequence, head) pairs span the batch."""
     input_ids = torch.tensor([corpus_ids[start : start + 150] for start in (0, 400, 900)])
     options = dict(all_patterns=True, vectors=True, contributions=True, patterns=[(3, 5)])
     fast = engine.run(input_ids, **options)
-    plain = engine.run(input_ids, plain=True, **options)
+    reference = engine.run(input_ids, backend="reference", **options)
     for name in (*FIELDS, "attention_outputs"):
-        difference = (getattr(fast, name) - getattr(plain, name)).abs().max().item()
+        difference = (getattr(fast, name) - getattr(reference, name)).abs().max().item()
         assert difference <= TOLERANCE, f"{name} differs by {difference}"
 
 
@@ -116,16 +127,16 @@ def test_other_activations_keep_the_kernel_paths_numbers(
     random_runtime, attention_kernel, corpus_ids, activation
 ):
     """The C GELU stands in only for the tanh-GELU; any other activation runs torch's between
-    the kernel's LayerNorms, and still matches the plain path."""
+    the kernel's LayerNorms, and still matches the reference."""
     source = random_runtime.engine
     config = dataclasses.replace(source.config, activation_function=activation)
     engine = AnalysisEngine(config, source.tensors)
     engine.use_kernel(attention_kernel)
     input_ids = torch.tensor([corpus_ids[:100]])
     fast = engine.run(input_ids, contributions=True)
-    plain = engine.run(input_ids, plain=True, contributions=True)
+    reference = engine.run(input_ids, backend="reference", contributions=True)
     for name in ("activity", "contributions", "attention_outputs"):
-        assert (getattr(fast, name) - getattr(plain, name)).abs().max().item() <= TOLERANCE
+        assert (getattr(fast, name) - getattr(reference, name)).abs().max().item() <= TOLERANCE
 
 
 @pytest.mark.parametrize("threads", [1, 2])
@@ -171,26 +182,41 @@ def test_several_threads_run_whole_blocks_a_share_of_the_batch_each(
     previous = torch.get_num_threads()
     try:
         torch.set_num_threads(2)
-        split = engine._whole_blocks_per_thread(
-            input_ids, patterns=set(), vectors=False, contributions=False
-        )
+        split = splits(engine, input_ids, all_patterns=True)
         two, bare_two = engine.run(input_ids, all_patterns=True), engine.run(input_ids)
         # A long single sequence, or anything beyond activity and all patterns: ops over threads.
-        assert not engine._whole_blocks_per_thread(
-            torch.zeros(1, 300, dtype=torch.long),
-            patterns=set(),
-            vectors=False,
-            contributions=False,
-        )
-        assert not engine._whole_blocks_per_thread(
-            input_ids, patterns={(1, 2)}, vectors=False, contributions=False
-        )
+        assert not splits(engine, torch.zeros(1, 300, dtype=torch.long))
+        assert not splits(engine, input_ids, patterns=frozenset({(1, 2)}))
+        assert not splits(engine, input_ids, vectors=True)
     finally:
         torch.set_num_threads(previous)
     assert split
     assert torch.equal(one.activity, two.activity)
     assert torch.equal(one.all_patterns, two.all_patterns)
     assert torch.equal(bare_one.activity, bare_two.activity)
-    plain = engine.run(input_ids, plain=True, all_patterns=True)
-    assert (two.activity - plain.activity).abs().max().item() <= TOLERANCE
-    assert (two.all_patterns - plain.all_patterns).abs().max().item() <= TOLERANCE
+    reference = engine.run(input_ids, backend="reference", all_patterns=True)
+    assert (two.activity - reference.activity).abs().max().item() <= TOLERANCE
+    assert (two.all_patterns - reference.all_patterns).abs().max().item() <= TOLERANCE
+
+
+def test_another_activity_formula_goes_to_a_python_backend(random_runtime, corpus_ids):
+    """The C kernel computes contribution_norm only: an engine whose activity means something
+    else answers from the torch backend, with that formula's numbers."""
+
+    def squared_norm(z, w_o_by_head_t, out=None):
+        squared = contribution_norm(z, w_o_by_head_t).square()
+        return squared if out is None else out.copy_(squared)
+
+    source = random_runtime.engine
+    engine = AnalysisEngine(source.config, source.tensors, activity=squared_norm)
+    engine.use_kernel(source.kernel)
+    request = ForwardRequest(last_layer=engine.geometry.n_layers - 1)
+    assert "contribution_norm" in engine.native.unsupported(request)
+    assert engine.backend_for(request).name == "torch"
+    assert engine.backend_for(request, "native").name == "torch"
+    input_ids = torch.tensor([corpus_ids[:80]])
+    squared = engine.run(input_ids).activity
+    expected = source.run(input_ids, backend="reference").activity.square()
+    assert ((squared - expected).abs() / expected.clamp(min=1)).max().item() <= TOLERANCE
+    reference = engine.run(input_ids, backend="reference").activity
+    assert (squared - reference).abs().max().item() <= TOLERANCE

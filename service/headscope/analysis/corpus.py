@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
-import torch
 from pydantic import BaseModel
 
 from headscope.analysis.bootstrap import METHOD, RESAMPLES, Resampler, support_warning
@@ -38,7 +37,7 @@ from headscope.errors import (
     ProbesNotLoaded,
     StartupError,
 )
-from headscope.model.engine import EngineOutput
+from headscope.model.runner import SequenceArrays
 from headscope.schemas import (
     DEFAULT_N_SEQUENCES,
     ActivityByTagIntervals,
@@ -171,21 +170,6 @@ def quote_spans(
     if opening is not None:
         spans.append((opening[0], None, opening[1], len(text)))
     return spans
-
-
-def batches(lengths: Sequence[int], cell_budget: int) -> Iterator[list[int]]:
-    """Indices grouped into batches of similar length within the token and cell budgets."""
-    order = sorted(range(len(lengths)), key=lambda index: lengths[index])
-    batch: list[int] = []
-    for index in order:
-        longest = lengths[index]  # sorted, so the newest is the longest
-        size = len(batch) + 1
-        if batch and (size * longest > BATCH_TOKENS or size * longest * longest > cell_budget):
-            yield batch
-            batch = []
-        batch.append(index)
-    if batch:
-        yield batch
 
 
 def ranks(scores: np.ndarray) -> np.ndarray:
@@ -390,18 +374,18 @@ class CorpusAnalysis:
         sequences: Sequences,
         progress: Progress,
         cell_budget: int = BATCH_CELLS,
-        **engine_options,
-    ) -> Iterator[tuple[list[int], EngineOutput]]:
-        """(indices, EngineOutput) per right-padded batch; row i of the output is indices[i]."""
-        lengths = [len(encoded) for encoded in sequences.encoded]
+        **kept,
+    ) -> Iterator[tuple[list[int], list[SequenceArrays]]]:
+        """(indices, their results) per batch of similar length, shortest first."""
         done = 0
-        for batch in batches(lengths, cell_budget):
-            longest = lengths[batch[-1]]
-            input_ids = torch.zeros((len(batch), longest), dtype=torch.long)  # [batch, token]
-            for row, index in enumerate(batch):
-                ids = sequences.encoded[index].ids
-                input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
-            yield batch, self.runtime.engine.run(input_ids, **engine_options)
+        for batch, results in self.runtime.runner.batches(
+            [encoded.ids for encoded in sequences.encoded],
+            max_batch_tokens=BATCH_TOKENS,
+            max_batch_cells=cell_budget,
+            longest_first=False,
+            **kept,
+        ):
+            yield batch, results
             done += len(batch)
             progress.update(done, "analysed")
 
@@ -437,32 +421,29 @@ class CorpusAnalysis:
         tag_index = {t: i for i, t in enumerate(vocabulary)}
         n_tags = len(vocabulary)
         # [query tag, key tag]: summed attention mass, and the same under uniform attention.
-        mass = torch.zeros((n_tags, n_tags), dtype=torch.float64)
-        uniform_mass = torch.zeros((n_tags, n_tags), dtype=torch.float64)
-        counts = torch.zeros(n_tags, dtype=torch.float64)  # tokens per tag
+        mass = np.zeros((n_tags, n_tags))
+        uniform_mass = np.zeros((n_tags, n_tags))
+        counts = np.zeros(n_tags)  # tokens per tag
         # Per sequence (in request order), for the intervals: attention mass by query and key
         # tag, and tokens per tag.
         masses = np.zeros((len(sequences.encoded), n_tags, n_tags))  # [sequence, q tag, k tag]
         tag_counts = np.zeros((len(sequences.encoded), n_tags))  # [sequence, tag]
 
-        for batch, output in self._run_batches(
+        for batch, results in self._run_batches(
             sequences, progress, last_layer=layer, patterns=[(layer, head)]
         ):
-            patterns = output.patterns[(layer, head)].double()  # [batch, q, k]
-            longest = patterns.shape[-1]
-            visible = self.runtime.engine.causal_mask(layer, longest).double()  # [q, k]
-            uniform = visible / visible.sum(dim=-1, keepdim=True)  # [q, k]
-            for row, index in enumerate(batch):
-                n = len(sequences.encoded[index])
-                ids = torch.tensor([tag_index[t] for t in tags[index]])
-                one_hot = torch.nn.functional.one_hot(ids, n_tags).double()  # [token, tag]
-                # Keys past n are padding, and a query before n never sees them (causal).
-                this_mass = one_hot.T @ (patterns[row, :n, :n] @ one_hot)
+            for index, result in zip(batch, results, strict=True):
+                pattern = result.patterns[(layer, head)].astype(np.float64)  # [q, k]
+                n = len(pattern)
+                visible = self.runtime.runner.visible(layer, n).astype(np.float64)  # [q, k]
+                uniform = visible / visible.sum(axis=-1, keepdims=True)  # [q, k]
+                one_hot = np.eye(n_tags)[[tag_index[t] for t in tags[index]]]  # [token, tag]
+                this_mass = one_hot.T @ (pattern @ one_hot)
                 mass += this_mass
-                uniform_mass += one_hot.T @ (uniform[:n, :n] @ one_hot)
-                counts += one_hot.sum(dim=0)
-                masses[index] = this_mass.numpy()
-                tag_counts[index] = one_hot.sum(dim=0).numpy()
+                uniform_mass += one_hot.T @ (uniform @ one_hot)
+                counts += one_hot.sum(axis=0)
+                masses[index] = this_mass
+                tag_counts[index] = one_hot.sum(axis=0)
 
         chosen = tag_index[tag]
         rows = []
@@ -547,13 +528,13 @@ class CorpusAnalysis:
         sequence_all = np.zeros_like(sequence_at)
         sequence_at_count = np.zeros(len(sequences.encoded))
         sequence_count = np.zeros(len(sequences.encoded))
-        for batch, output in self._run_batches(sequences, progress):
-            activity = output.activity.double().numpy()  # [batch, layer, head, token]
-            for row, index in enumerate(batch):
-                n = len(sequences.encoded[index])
+        for batch, results in self._run_batches(sequences, progress):
+            for index, result in zip(batch, results, strict=True):
+                activity = result.activity.astype(np.float64)  # [layer, head, token]
+                n = activity.shape[-1]
                 mask = runs_of(tags[index], request.tag, request.position)
-                this_at = activity[row, :, :, :n][:, :, mask].sum(axis=-1)
-                this_all = activity[row, :, :, :n].sum(axis=-1)
+                this_at = activity[:, :, mask].sum(axis=-1)
+                this_all = activity.sum(axis=-1)
                 sum_at += this_at
                 sum_all += this_all
                 at_count += int(mask.sum())
@@ -645,12 +626,12 @@ class CorpusAnalysis:
         sequence_outside_count = np.zeros(len(sequences.encoded))
         # Only sequences with a quotation need every head's pattern; the rest need activity.
         with_quotes = [i for i, found in enumerate(spans_by_sequence) if found]
-        for batch, output in self._run_batches(
+        for batch, results in self._run_batches(
             sequences, progress, ALL_PATTERN_BATCH_CELLS, all_patterns=bool(with_quotes)
         ):
-            activity = output.activity.double().numpy()  # [batch, layer, head, token]
-            for row, index in enumerate(batch):
-                n = len(sequences.encoded[index])
+            for index, result in zip(batch, results, strict=True):
+                activity = result.activity.astype(np.float64)  # [layer, head, token]
+                n = activity.shape[-1]
                 inside = np.zeros(n, dtype=bool)
                 marks = np.zeros(n, dtype=bool)
                 opening_of = np.full(n, -1, dtype=np.int64)  # inside token -> its opening token
@@ -663,8 +644,8 @@ class CorpusAnalysis:
                         marks[closing] = True
                 inside &= ~marks
                 outside = ~inside & ~marks
-                sequence_inside[index] = activity[row, :, :, :n][:, :, inside].sum(axis=-1)
-                sequence_outside[index] = activity[row, :, :, :n][:, :, outside].sum(axis=-1)
+                sequence_inside[index] = activity[:, :, inside].sum(axis=-1)
+                sequence_outside[index] = activity[:, :, outside].sum(axis=-1)
                 sequence_inside_count[index] = inside.sum()
                 sequence_outside_count[index] = outside.sum()
                 sum_inside += sequence_inside[index]
@@ -674,9 +655,9 @@ class CorpusAnalysis:
                 if inside.any():
                     queries = np.flatnonzero(inside)
                     keys = opening_of[queries]
-                    assert output.all_patterns is not None
-                    patterns = output.all_patterns[row]  # [layer, head, q, k]
-                    weights = patterns[:, :, queries, keys].double().numpy()  # [l, h, inside]
+                    assert result.all_patterns is not None
+                    patterns = result.all_patterns  # [layer, head, q, k]
+                    weights = patterns[:, :, queries, keys].astype(np.float64)  # [l, h, inside]
                     sequence_to_opening[index] = weights.sum(axis=-1)
                     sum_to_opening += sequence_to_opening[index]
 

@@ -617,7 +617,7 @@ class Figures:
         self.runtime.check_head(query.layer, query.head)
         encoded = self.runtime.encode(query.text)
         output = self.runtime.forward(encoded, last_layer=query.layer)
-        activity = output.activity[0, query.layer, query.head].tolist()  # [token]
+        activity = output.activity[query.layer, query.head].tolist()  # [token]
         peak = max(activity)
         cells = [
             Cell(
@@ -651,8 +651,8 @@ class Figures:
             )
         head = (query.layer, query.head)
         output = self.runtime.forward(encoded, last_layer=query.layer, patterns=[head])
-        row = output.patterns[head][0, row_index].tolist()  # [key]
-        visible = self.runtime.engine.causal_mask(query.layer, n)[row_index].tolist()  # [key]
+        row = output.patterns[head][row_index].tolist()  # [key]
+        visible = self.runtime.runner.visible(query.layer, n)[row_index].tolist()  # [key]
         peak = max(row)
         cells = [
             Cell(

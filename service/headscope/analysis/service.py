@@ -1,4 +1,4 @@
-"""The Runtime object: tokenizer + tagger + analysis engine + limits, shared by all routes."""
+"""The Runtime object: tokenizer + tagger + model runner + limits, shared by all routes."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from headscope.analysis.pool import Awaiting, resolved
 from headscope.cache import AnalysisCache
 from headscope.encoding import JSON, Precision, Sparsity, encode, to_lists
 from headscope.errors import EmptyText, InputTooLong, InvalidRequest, StartupError, UnknownHead
-from headscope.model.backends.native import load_attention_kernel
-from headscope.model.engine import AnalysisEngine, EngineOutput
 from headscope.model.loading import (
     Checkpoint,
     ModelFiles,
@@ -24,6 +22,7 @@ from headscope.model.loading import (
     resolve_model_files,
     sha256_of_files,
 )
+from headscope.model.runner import ModelRunner, SequenceArrays
 from headscope.schemas import (
     ActivityRequest,
     ActivityResponse,
@@ -82,8 +81,9 @@ class Runtime:
         self.model = model
         self.tokenizer = tokenizer
         self.tagger = tagger
-        self.engine = AnalysisEngine(model.config, model.tensors)
-        self.geometry = self.engine.geometry
+        self.runner = ModelRunner(model)
+        self.engine = self.runner.engine  # for tests and benchmarks, which speak tensors
+        self.geometry = self.runner.geometry
         self.weights_sha256 = weights_sha256
         if settings.max_tokens > self.geometry.max_positions:
             raise StartupError(
@@ -148,8 +148,8 @@ class Runtime:
     def encode(self, text: str) -> Encoded:
         """Tokenize, enforcing the token limit before any model work.
 
-        Tokenizing takes time linear in the text (a 1 MB body is ~250k tokens and seconds of
-        work), so a text that is surely too long is refused after a bounded look at it: by its
+        Tokenizing takes time linear in the text, and a body may hold far more than `max_tokens`
+        tokens, so a text that is surely too long is refused after a bounded look at it: by its
         length, or by the tokens of a prefix. The 413 then says "more than max_tokens" with the
         count actually established, never a guessed total.
         """
@@ -241,9 +241,10 @@ class Runtime:
         last_layer: int | None = None,
         patterns: Iterable[tuple[int, int]] = (),
         vectors: bool = False,
-    ) -> EngineOutput:
-        input_ids = torch.tensor([encoded.ids], dtype=torch.long)
-        return self.engine.run(input_ids, last_layer=last_layer, patterns=patterns, vectors=vectors)
+    ) -> SequenceArrays:
+        return self.runner.forward(
+            encoded.ids, last_layer=last_layer, patterns=patterns, vectors=vectors
+        )
 
     # -- the API's questions, as payloads -------------------------------------------------------
     # A payload is the response's JSON fields with numpy float32 arrays where the numbers are.
@@ -312,12 +313,12 @@ class Runtime:
         def compute() -> dict:
             encoded = self.encode(request.text)
             output = self.forward(encoded, last_layer=max(layers))
-            activity = output.activity[0][layers][:, heads]  # [layer, head, token]
+            activity = output.activity[layers][:, heads]  # [layer, head, token]
             return {
                 "tokens": self.token_dicts(encoded),
                 "layers": layers,
                 "heads": heads,
-                "activity": activity.contiguous().numpy(),
+                "activity": np.ascontiguousarray(activity),
             }
 
         return self._cached(("activity", request.text, tuple(layers), tuple(heads)), compute)
@@ -334,15 +335,15 @@ class Runtime:
                 )
             head = (request.layer, request.head)
             output = self.forward(encoded, last_layer=request.layer, patterns=[head])
-            pattern = output.patterns[head][0]  # [q, k]
+            pattern = output.patterns[head]  # [q, k]
             if request.query is not None:
-                pattern = pattern[request.query : request.query + 1].clone()
+                pattern = pattern[request.query : request.query + 1].copy()
             return {
                 "tokens": self.token_dicts(encoded),
                 "layer": request.layer,
                 "head": request.head,
                 "query": request.query,
-                "pattern": pattern.contiguous().numpy(),
+                "pattern": np.ascontiguousarray(pattern),
             }
 
         key = ("attention", request.text, request.layer, request.head, request.query)
@@ -358,12 +359,12 @@ class Runtime:
             output = self.forward(encoded, patterns=heads)
             return lambda tags: {
                 "tokens": self.token_dicts(encoded, tags),
-                "activity": output.activity[0].contiguous().numpy(),  # [layer, head, token]
+                "activity": np.ascontiguousarray(output.activity),  # [layer, head, token]
                 "patterns": [
                     {
                         "layer": layer,
                         "head": head,
-                        "pattern": output.patterns[(layer, head)][0].contiguous().numpy(),
+                        "pattern": np.ascontiguousarray(output.patterns[(layer, head)]),
                     }
                     for layer, head in heads
                 ],
@@ -431,18 +432,13 @@ def load_runtime(settings: Settings, *, load_probes: bool = True) -> Runtime:
     else:
         tagger = PosTagger(native_cache=native_cache)
     try:
-        if settings.torch_threads:
-            torch.set_num_threads(settings.torch_threads)
-        model, tokenizer = load_model(files)
+        model, tokenizer = load_model(files, torch_threads=settings.torch_threads)
         weights_sha256 = sha256_of_files(files.weight_files)
         if isinstance(tagger, TaggerProcess):
             tagger.wait_ready()
         runtime = Runtime(settings, files, model, tokenizer, tagger, weights_sha256)
-        runtime.engine.use_kernel(
-            load_attention_kernel(
-                getattr(settings, "attention_kernel", "auto"),
-                getattr(settings, "kernel_cache", None),
-            )
+        runtime.runner.attach_native(
+            getattr(settings, "attention_kernel", "auto"), getattr(settings, "kernel_cache", None)
         )
         log.info(
             "Loaded %s (%d layers x %d heads, weights sha256 %s…), max_tokens=%d",

@@ -17,13 +17,12 @@ from torch import Tensor
 from headscope.model.engine import AnalysisEngine, EngineOutput
 
 # A batch holds at most this many padded tokens: enough to amortise per-op overhead on short
-# sequences. Past ~128 tokens a sequence is compute-bound and batching gains little.
+# sequences; long sequences are compute-bound and gain little from batching.
 DEFAULT_BATCH_TOKENS = 2048
-# With every pattern kept, the output alone is 512 bytes x batch x t² (8 layers x 16 heads,
-# float32). glibc serves blocks over 32 MiB (its largest dynamic mmap threshold) with fresh
-# mmapped memory on every call, and their page faults cost more than batching saves (measured
-# with the C kernel, ~155-token sequences: 23.7k tokens/s at 2 a batch (25 MB), 11.7k at 4,
-# 11.5k at 8), so all-pattern batches stay under it for typical lengths.
+# With every pattern kept, the output alone is 4 bytes x layers x heads x batch x t². glibc
+# serves blocks over its largest dynamic mmap threshold with fresh mmapped memory on every call,
+# and their page faults cost more than batching saves (bench/README.md), so all-pattern batches
+# stay under it for typical lengths.
 ALL_PATTERNS_BATCH_TOKENS = 320
 # Sequences join a batch while the batch's longest is at most this much longer than they are.
 DEFAULT_LENGTH_SLACK = 1.25
@@ -43,21 +42,34 @@ def pad_batch(sequences: Sequence[Sequence[int]]) -> Tensor:
 def length_groups(
     lengths: Sequence[int],
     *,
-    max_batch_tokens: int = DEFAULT_BATCH_TOKENS,
-    length_slack: float = DEFAULT_LENGTH_SLACK,
+    max_batch_tokens: int | None = DEFAULT_BATCH_TOKENS,
+    length_slack: float | None = DEFAULT_LENGTH_SLACK,
     max_batch: int | None = None,
+    max_batch_cells: int | None = None,
+    longest_first: bool = True,
 ) -> list[list[int]]:
-    """Indices of `lengths` grouped into batches of similar length, longest first."""
-    order = sorted(range(len(lengths)), key=lambda index: -lengths[index])
+    """Indices of `lengths` grouped into batches of similar length, in length order (longest
+    first, or shortest first), ties in input order.
+
+    A sequence joins the current batch while, counting it, the batch stays within
+    `max_batch_tokens` padded tokens (batch x longest), `max_batch_cells` attention cells per
+    head (batch x longest²), `max_batch` sequences, and its longest is at most `length_slack`
+    times its shortest; None lifts a bound.
+    """
+    order = sorted(range(len(lengths)), key=lambda index: lengths[index], reverse=longest_first)
     groups: list[list[int]] = []
     for index in order:
         if groups:
             group = groups[-1]
-            longest = lengths[group[0]]
-            fits = (len(group) + 1) * longest <= max_batch_tokens
-            similar = longest <= lengths[index] * length_slack
-            room = max_batch is None or len(group) < max_batch
-            if fits and similar and room:
+            size = len(group) + 1
+            ends = (lengths[group[0]], lengths[index])
+            longest, shortest = max(ends), min(ends)
+            if (
+                (max_batch_tokens is None or size * longest <= max_batch_tokens)
+                and (max_batch_cells is None or size * longest * longest <= max_batch_cells)
+                and (max_batch is None or size <= max_batch)
+                and (length_slack is None or longest <= shortest * length_slack)
+            ):
                 group.append(index)
                 continue
         groups.append([index])

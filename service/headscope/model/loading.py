@@ -1,10 +1,10 @@
 """Find, check and load a GPT-Neo checkpoint and its tokenizer, from a directory or the hub.
 
-Without Hugging Face transformers: importing its GPT-Neo model costs seconds and ~150 MB, and the
-engine only needs the weights as plain tensors. So config.json is read into `ModelConfig`, the
-weights with safetensors (or torch.load with weights_only for pytorch_model.bin), and the
-tokenizer with the `tokenizers` library that transformers' own fast tokenizers run on. The tests
-check all three against transformers.
+Without Hugging Face transformers: importing its GPT-Neo model is slow and large
+(bench/README.md), and the engine only needs the weights as plain tensors. So config.json is read
+into `ModelConfig`, the weights with safetensors (or torch.load with weights_only for
+pytorch_model.bin), and the tokenizer with the `tokenizers` library that transformers' own fast
+tokenizers run on. The tests check all three against transformers.
 """
 
 from __future__ import annotations
@@ -459,7 +459,14 @@ def load_tokenizer(directory: Path) -> Tokenizer:
     return Tokenizer(backend, str(directory))
 
 
-def load_model(files: ModelFiles) -> tuple[Checkpoint, Tokenizer]:
-    """The weights the analysis reads (no LM head: nothing here needs logits) and the tokenizer."""
+def load_model(
+    files: ModelFiles, *, torch_threads: int | None = None
+) -> tuple[Checkpoint, Tokenizer]:
+    """The weights the analysis reads (no LM head: nothing here needs logits) and the tokenizer;
+    `torch_threads` (when set) is torch's intra-op thread count for this process."""
+    if torch_threads:
+        import torch
+
+        torch.set_num_threads(torch_threads)
     tensors = load_weights(files.config, files.weight_files)
     return Checkpoint(files.config, tensors), load_tokenizer(files.tokenizer_directory)

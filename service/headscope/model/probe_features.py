@@ -1,5 +1,5 @@
 """Probe datasets: tag a corpus, split it by sequence, and extract every head's key, query and
-value vectors at every token with the analysis engine, in right-padded batches."""
+value vectors at every token with the model runner, in right-padded batches."""
 
 from __future__ import annotations
 
@@ -8,12 +8,12 @@ from dataclasses import dataclass, field
 from typing import TypeVar
 
 import numpy as np
-import torch
 
+from headscope.model.runner import ModelRunner
 from headscope.tagging.base import NO_WORD
 
 VECTORS = ("key", "query", "value")
-# EngineOutput attribute holding each vector kind.
+# SequenceArrays attribute holding each vector kind.
 ENGINE_FIELDS = {"key": "keys", "query": "queries", "value": "values"}
 
 T = TypeVar("T")
@@ -89,7 +89,7 @@ def tag_sequences(
 
 
 def extract_vectors(
-    engine,
+    runner: ModelRunner,
     id_lists: Sequence[Sequence[int]],
     vectors: Sequence[str],
     *,
@@ -103,20 +103,14 @@ def extract_vectors(
     sequence never changes its own positions.
     Returns vector -> [layer, head, token, d_head] float32.
     """
-    g = engine.geometry
-    order = sorted(range(len(id_lists)), key=lambda i: len(id_lists[i]), reverse=True)
-    batches = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+    g = runner.geometry
+    n_batches = -(-len(id_lists) // batch_size)
     per_sequence: dict[str, list[np.ndarray | None]] = {v: [None] * len(id_lists) for v in vectors}
-    for batch in progress(batches, description, len(batches)):
-        longest = len(id_lists[batch[0]])
-        input_ids = torch.zeros((len(batch), longest), dtype=torch.long)  # [batch, token]
-        for row, index in enumerate(batch):
-            input_ids[row, : len(id_lists[index])] = torch.tensor(id_lists[index])
-        output = engine.run(input_ids, vectors=True)
-        for vector in vectors:
-            stacked = getattr(output, ENGINE_FIELDS[vector]).float().numpy()  # [b, l, h, t, d]
-            for row, index in enumerate(batch):
-                per_sequence[vector][index] = stacked[row, :, :, : len(id_lists[index])]
+    batches = runner.batches(id_lists, max_batch=batch_size, vectors=True)
+    for batch, results in progress(batches, description, n_batches):
+        for index, result in zip(batch, results, strict=True):
+            for vector in vectors:
+                per_sequence[vector][index] = getattr(result, ENGINE_FIELDS[vector])
     empty = np.zeros((g.n_layers, g.n_heads, 0, g.d_head), dtype=np.float32)
     return {
         vector: np.ascontiguousarray(np.concatenate([empty, *parts], axis=2), dtype=np.float32)
@@ -140,7 +134,7 @@ def build_token_set(
         runtime, [texts[i] for i in sequences], progress=progress, description=f"tag {name}"
     )
     features = extract_vectors(
-        runtime.engine,
+        runtime.runner,
         [item.ids for item in tagged],
         vectors,
         batch_size=batch_size,

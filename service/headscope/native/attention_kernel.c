@@ -10,7 +10,7 @@
  * written once. LayerNorm over 64 values and the GELU are likewise a few operations per element
  * that torch spends longer dispatching than computing.
  *
- * Compiled at first use on the machine that runs it (headscope.runtime.kernel), without
+ * Compiled at first use on the machine that runs it (headscope.model.backends.native), without
  * -ffast-math: that flag would link code that switches the whole process to flush-to-zero.
  * Its numbers are tested against the torch path and Hugging Face's forward to 1e-5. Nothing
  * depends on how work is split between threads, so any split gives the same bits.
@@ -181,6 +181,7 @@ static inline void mix_keys(const float *values, long first, long last, const fl
  *   z        [batch, token, head, D_HEAD]     written: pattern . values (already "merged" order)
  *   activity [batch, head, token]             written: |z_h . W_O[h-slice]^T|, from the head's
  *                                             Gram matrix gram[head, D_HEAD, D_HEAD] in double
+ *                                             (checked against headscope.model.activity at load)
  *   patterns [batch, n_kept, token, token]    written for heads with kept_slot[head] >= 0
  *                                             (may be NULL), zeros where a query cannot see
  * window > 0 limits each query to the last `window` keys (GPT-Neo's local layers).
@@ -397,7 +398,7 @@ void headscope_gelu_tanh(float *x, long first, long end)
 /* -- one whole transformer block in one call ------------------------------------------------ */
 
 /* The Fortran BLAS sgemm (column-major; every argument by pointer, 32-bit integers): the one
- * torch itself calls, handed over by address (headscope.runtime.kernel), so the GEMMs give
+ * torch itself calls, handed over by address (headscope.model.backends.native), so the GEMMs give
  * torch's bits without a torch call per GEMM. */
 typedef void (*sgemm_function)(const char *transa, const char *transb, const int *m, const int *n,
                                const int *k, const float *alpha, const float *a, const int *lda,

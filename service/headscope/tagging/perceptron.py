@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import logging
-import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -150,16 +149,14 @@ def load_native_perceptron(stock: Any, cache_dir: Path | None = None) -> NativeP
             raise NativeTaggerMismatch("the native tagger disagrees with stock NLTK")
         return native
 
-    # native/build.py's one loader as it stands (load_library); its checked `load` form takes
-    # `checked` as it is.
-    try:
-        library, path = native_build.load_library(
-            PERCEPTRON_SOURCE, PERCEPTRON_FLAGS, cache_dir, "perceptron"
-        )
-        return checked(library, path)
-    except (OSError, subprocess.SubprocessError, NativeTaggerMismatch) as err:
-        log.warning("The tagger's C word loop is unavailable (%s); tagging with stock NLTK.", err)
-        return None
+    return native_build.load(
+        "perceptron",
+        PERCEPTRON_SOURCE,
+        PERCEPTRON_FLAGS,
+        checked,
+        cache_dir=cache_dir,
+        instead="tagging with stock NLTK",
+    )
 
 
 class Perceptron:

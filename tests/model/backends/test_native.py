@@ -20,7 +20,9 @@ from headscope.model.backends.native import (
     gelu_tanh_reference,
     load_attention_kernel,
     reference_attention,
+    w_o_gram,
 )
+from headscope.native import build as native_build
 
 HEADS = 16
 
@@ -28,21 +30,23 @@ HEADS = 16
 def random_problem(batch: int, length: int, seed: int = 0):
     generator = torch.Generator().manual_seed(seed)
     qkv = torch.randn(batch, length, 3 * HEADS * 4, generator=generator)
-    w = torch.randn(HEADS, 4, 64, generator=generator, dtype=torch.float64)
-    return qkv, torch.matmul(w, w.transpose(1, 2)).contiguous()
+    w_o_by_head_t = torch.randn(HEADS, 4, 64, generator=generator, dtype=torch.float64)
+    return qkv, w_o_by_head_t
 
 
 @pytest.mark.parametrize("length", [1, 2, 7, 8, 9, 255, 256, 257, 300])
 @pytest.mark.parametrize("window", [0, 256])
 def test_kernel_matches_torch(attention_kernel, length, window):
-    qkv, gram = random_problem(2, length)
+    qkv, w_o_by_head_t = random_problem(2, length)
+    gram = w_o_gram(w_o_by_head_t)
     activity = torch.empty(2, HEADS, length)
     patterns = torch.empty(2, 3, length, length)
     kept = [0, 7, 15]
     z = attention_kernel.attend(qkv, HEADS, window, gram, activity, patterns, kept)
-    # Against float64, the truth both float32 paths approximate.
-    want_z, _, want_patterns = reference_attention(qkv.double(), HEADS, window, gram)
-    _, want_activity, _ = reference_attention(qkv, HEADS, window, gram)
+    # Against float64, the truth both float32 paths approximate; activity as activity.py
+    # defines it.
+    want_z, _, want_patterns = reference_attention(qkv.double(), HEADS, window, w_o_by_head_t)
+    _, want_activity, _ = reference_attention(qkv, HEADS, window, w_o_by_head_t)
     assert (z.double() - want_z).abs().max().item() <= 1e-5
     assert ((activity - want_activity).abs() / want_activity.clamp(min=1)).max().item() <= 1e-5
     assert (patterns.double() - want_patterns[:, kept]).abs().max().item() <= 1e-5
@@ -57,12 +61,13 @@ def test_windows_narrower_than_a_block_of_queries(attention_kernel, window):
     """The kernel takes queries 8 at a time; a window narrower than that hides keys from some
     queries of a block on both sides."""
     length = 45
-    qkv, gram = random_problem(1, length, seed=window)
+    qkv, w_o_by_head_t = random_problem(1, length, seed=window)
+    gram = w_o_gram(w_o_by_head_t)
     activity = torch.empty(1, HEADS, length)
     patterns = torch.empty(1, HEADS, length, length)
     z = attention_kernel.attend(qkv, HEADS, window, gram, activity, patterns, list(range(HEADS)))
-    want_z, _, want_patterns = reference_attention(qkv.double(), HEADS, window, gram)
-    _, want_activity, _ = reference_attention(qkv, HEADS, window, gram)
+    want_z, _, want_patterns = reference_attention(qkv.double(), HEADS, window, w_o_by_head_t)
+    _, want_activity, _ = reference_attention(qkv, HEADS, window, w_o_by_head_t)
     assert (z.double() - want_z).abs().max().item() <= 1e-5
     assert ((activity - want_activity).abs() / want_activity.clamp(min=1)).max().item() <= 1e-5
     assert (patterns.double() - want_patterns).abs().max().item() <= 1e-5
@@ -140,7 +145,8 @@ def test_gelu_works_in_place(attention_kernel):
 
 
 def test_threads_split_the_work_without_changing_a_bit(attention_kernel):
-    qkv, gram = random_problem(3, 130, seed=1)
+    qkv, w_o_by_head_t = random_problem(3, 130, seed=1)
+    gram = w_o_gram(w_o_by_head_t)
 
     def attend() -> tuple[torch.Tensor, ...]:
         activity = torch.empty(3, HEADS, 130)
@@ -193,7 +199,9 @@ def test_build_is_cached(tmp_path):
 def test_a_damaged_cached_build_is_rebuilt(tmp_path):
     # Damaged before this process loads it: a loaded library is never overwritten in place
     # (builds are renamed into place), and dlopen would hand back the loaded copy anyway.
-    path = kernel_module._library_path(kernel_module._compiler(), tmp_path)
+    path = native_build.library_path(
+        native_build.compiler(), kernel_module.SOURCE, kernel_module.FLAGS, tmp_path, "attention"
+    )
     path.write_bytes(b"not a shared library")
     kernel = load_attention_kernel("c", tmp_path)
     assert kernel.path == path and path.stat().st_size > 1000
@@ -275,3 +283,32 @@ def test_without_torchs_sgemm_the_pieces_are_called_one_by_one(tmp_path, monkeyp
         assert engine.kernel is kernel and not engine.whole_blocks
     finally:
         engine.use_kernel(attached)
+
+
+def test_a_library_without_the_kernels_symbols_falls_back(tmp_path, monkeypatch, caplog):
+    """A library that builds and loads but lacks the functions: no native backend, one log line
+    and no traceback ("auto"), or a StartupError naming the missing symbol ("c")."""
+    empty = tmp_path / "empty.c"
+    empty.write_text("int headscope_nothing(void) { return 0; }\n")
+    monkeypatch.setattr(kernel_module, "SOURCE", empty)
+    with caplog.at_level(logging.WARNING, logger="headscope"):
+        assert load_attention_kernel("auto", tmp_path / "cache") is None
+    warnings = [record for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and warnings[0].exc_info is None
+    assert "headscope_attend" in warnings[0].getMessage()
+    with pytest.raises(StartupError, match="headscope_attend"):
+        load_attention_kernel("c", tmp_path / "cache")
+
+
+def test_torchs_sgemm_is_used_only_in_its_version_range(monkeypatch):
+    """The symbol inside libtorch is looked up only for the torch versions it was checked on."""
+    low, high = kernel_module.TORCH_SGEMM_VERSIONS
+    monkeypatch.setattr(kernel_module, "_torch_version", lambda: (high[0], high[1] + 1))
+    assert kernel_module._torch_sgemm() is None
+    monkeypatch.setattr(kernel_module, "_torch_version", lambda: (low[0], low[1] - 1))
+    assert kernel_module._torch_sgemm() is None
+
+
+def test_an_sgemm_that_disagrees_with_torch_mm_is_not_used(monkeypatch):
+    monkeypatch.setattr(kernel_module, "_sgemm_agrees_with_torch", lambda address: False)
+    assert kernel_module._torch_sgemm() is None

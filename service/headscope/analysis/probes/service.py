@@ -77,8 +77,8 @@ def predict(runtime, request: ProbePredictRequest) -> ProbePredictResponse:
     run.check_vector(request.vector)
     encoded = runtime.encode(request.text)
     output = runtime.forward(encoded, last_layer=request.layer, vectors=True)
-    vectors = getattr(output, ENGINE_FIELDS[request.vector])  # [batch, layer, head, token, d]
-    features = vectors[0, request.layer, request.head].float().numpy()  # [token, d_head]
+    vectors = getattr(output, ENGINE_FIELDS[request.vector])  # [layer, head, token, d_head]
+    features = vectors[request.layer, request.head]  # [token, d_head]
     probabilities = run.predict_proba(features, request.vector, request.layer, request.head)
     top_k = min(request.top_k, len(run.tags))
     ranked = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]  # [token, k]

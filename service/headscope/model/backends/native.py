@@ -1,16 +1,22 @@
-"""The forward pass's C kernels (attention_kernel.c): built on first use, cached, called by ctypes.
+"""The native backend: the forward pass's C kernels (attention_kernel.c), called by ctypes.
 
 The fused attention of 4-dim heads (`attend`), the residual add with the LayerNorm after it
 (`add_layer_norm`), the tanh-GELU in place (`gelu_tanh_`), and a whole transformer block in one
 call (`block_forward`), whose GEMMs call the BLAS sgemm that torch itself calls (MKL) by address:
-the same bits as torch.mm/addmm, without a Python-to-torch round trip per operation (where torch
-has no MKL, `blocks` is False and the engine calls the pieces one by one).
+the same bits as torch.mm/addmm, without a Python-to-torch round trip per operation. That
+address is a symbol inside libtorch, so it is looked up only for the torch versions in
+TORCH_SGEMM_VERSIONS and only kept when it agrees with torch.mm at load; otherwise `blocks` is
+False and the backend calls the pieces one by one.
 
-The shared library is built on the machine that runs it, for that CPU (-march=native), and kept
-in a cache folder under a name that hashes the source, the flags, the compiler and the CPU, so a
-changed kernel or a different machine never loads a stale build. Where no C compiler is found or
-the build fails, the engine keeps its torch path (same numbers within float32 rounding); the
-setting `attention_kernel` says whether that is acceptable ("auto") or an error ("c").
+The C kernel computes activity its own way, as a quadratic form of z with each head's Gram
+matrix W_hW_hᵀ (the norm of z_h·W_h without forming the contribution); its self-check compares
+that with headscope.model.activity at load, and the backend declines any other activity formula.
+
+The shared library is built on the machine that runs it, for that CPU (-march=native), and loaded
+only as headscope.native.build allows (the hash recorded at build, a private cache folder). Where
+no C compiler is found, the build fails or a check disagrees, the engine keeps its torch backend
+(same numbers within float32 rounding); the setting `attention_kernel` says whether that is
+acceptable ("auto") or an error ("c").
 
 ctypes releases the GIL during the call, so the kernels run beside request handling and, with
 more than one torch thread, split their work (attention's (sequence, head) pairs, large
@@ -23,9 +29,8 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
-import subprocess
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +39,14 @@ import torch
 from torch import Tensor
 
 from headscope.errors import StartupError
+from headscope.model.activity import ActivityFormula, contribution_norm, head_contributions
+from headscope.model.backends.base import (
+    ForwardRequest,
+    Geometry,
+    LayerOutput,
+    LayerWeights,
+    gelu_tanh_by_sigmoid,
+)
 from headscope.native import build as native_build
 
 log = logging.getLogger("headscope.kernel")
@@ -54,29 +67,80 @@ FLAGS = (
     "-shared",
 )
 # LayerNorm/GELU inputs are split over threads only from this many floats per thread: below it,
-# handing work to the pool costs more than the arithmetic (a [128, 256] GELU takes ~20 µs).
+# handing work to the pool costs more than the arithmetic.
 MIN_FLOATS_PER_THREAD = 1 << 16
+# (major, minor) range of torch releases whose libtorch_cpu is known to export MKL's Fortran
+# `sgemm_` with 32-bit integers, as torch calls it; other versions never look it up.
+TORCH_SGEMM_VERSIONS = ((2, 13), (2, 13))
+# With several torch threads, one sequence shorter than this runs on one thread, whole blocks at
+# a time: splitting each op over threads costs more than it gains on short inputs (break-even
+# measured in bench/README.md).
+BLOCKS_ALONE_BELOW_TOKENS = 256
 
 
-def _compiler() -> str | None:
-    return native_build.compiler()
+def _torch_version() -> tuple[int, int]:
+    major, minor = torch.__version__.split("+")[0].split(".")[:2]
+    return int(major), int(minor)
 
 
-def _library_path(compiler: str, cache_dir: Path) -> Path:
-    return native_build.library_path(compiler, SOURCE, FLAGS, cache_dir, "attention")
+_SGEMM = ctypes.CFUNCTYPE(
+    None,
+    *(ctypes.c_char_p,) * 2,
+    *(ctypes.POINTER(ctypes.c_int),) * 3,
+    ctypes.POINTER(ctypes.c_float),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_int),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_int),
+    ctypes.POINTER(ctypes.c_float),
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_int),
+)
 
 
 def _torch_sgemm() -> int | None:
-    """The address of `sgemm_`, the Fortran BLAS GEMM inside torch, where torch was built with
-    MKL (whose lowercase sgemm_ takes 32-bit integers, as torch calls it); None elsewhere."""
-    if not torch.backends.mkl.is_available():
+    """The address of `sgemm_`, the Fortran BLAS GEMM inside torch, where this torch version is
+    in TORCH_SGEMM_VERSIONS, was built with MKL, and the function agrees with torch.mm on a
+    small product; None elsewhere."""
+    low, high = TORCH_SGEMM_VERSIONS
+    if not low <= _torch_version() <= high or not torch.backends.mkl.is_available():
         return None
     for path in sorted((Path(torch.__file__).parent / "lib").glob("libtorch_cpu.*")):
         try:
-            return ctypes.cast(ctypes.CDLL(str(path)).sgemm_, ctypes.c_void_p).value
+            address = ctypes.cast(ctypes.CDLL(str(path)).sgemm_, ctypes.c_void_p).value
         except (OSError, AttributeError):
             continue
+        if address and _sgemm_agrees_with_torch(address):
+            return address
+        log.warning("torch's sgemm_ disagrees with torch.mm: whole-block kernel calls are off")
+        return None
     return None
+
+
+def _sgemm_agrees_with_torch(address: int) -> bool:
+    """out[rows, n] = x[rows, k] · w[n, k]ᵀ through `address`, as attention_kernel.c's linear()
+    calls it (column-major: outᵀ = w · xᵀ), against torch.mm."""
+    generator = torch.Generator().manual_seed(0)
+    rows, k, n = 7, 12, 9
+    x, w = torch.randn(rows, k, generator=generator), torch.randn(n, k, generator=generator)
+    out = torch.empty(rows, n)
+
+    def integer(value: int) -> ctypes._Pointer:
+        return ctypes.pointer(ctypes.c_int(value))
+
+    _SGEMM(address)(
+        b"T", b"N", integer(n), integer(rows), integer(k), ctypes.pointer(ctypes.c_float(1.0)),
+        w.data_ptr(), integer(k), x.data_ptr(), integer(k), ctypes.pointer(ctypes.c_float(0.0)),
+        out.data_ptr(), integer(n),
+    )  # fmt: skip
+    return torch.allclose(out, torch.mm(x, w.t()), rtol=1e-5, atol=1e-6)
+
+
+def w_o_gram(w_o_by_head_t: Tensor) -> Tensor:
+    """[head, d_head, d_head] float64 W_h·W_hᵀ, W_h = W_O[:, h-slice]ᵀ: the kernel's activity is
+    ‖z_h·W_h‖ = √(z_h · (W_h W_hᵀ) · z_h)."""
+    w = w_o_by_head_t.double()
+    return torch.matmul(w, w.transpose(1, 2)).contiguous()
 
 
 class _Block(ctypes.Structure):
@@ -169,17 +233,21 @@ class AttentionKernel:
             future.result()
 
     def check(self, tolerance: float = 1e-5) -> None:
-        """Compare with torch on small random problems (a miscompiled build must not serve)."""
+        """Compare with torch, and activity with headscope.model.activity's formula, on small
+        random problems (a miscompiled build must not serve)."""
         generator = torch.Generator().manual_seed(0)
         heads, length = 3, 37
         qkv = torch.randn(2, length, 3 * heads * SUPPORTED_D_HEAD, generator=generator)
-        w = torch.randn(heads, SUPPORTED_D_HEAD, 8, generator=generator, dtype=torch.float64)
-        gram = torch.matmul(w, w.transpose(1, 2)).contiguous()
+        # [head, d_head, d_model]: W_O[:, h-slice]ᵀ of an 8-wide model
+        w_o_by_head_t = torch.randn(
+            heads, SUPPORTED_D_HEAD, 8, generator=generator, dtype=torch.float64
+        )
+        gram = w_o_gram(w_o_by_head_t)
         for window in (0, 5):
             activity = torch.empty(2, heads, length)
             patterns = torch.empty(2, heads, length, length)
             z = self.attend(qkv, heads, window, gram, activity, patterns, list(range(heads)))
-            expected = reference_attention(qkv, heads, window, gram)
+            expected = reference_attention(qkv, heads, window, w_o_by_head_t)
             for got, want in zip((z, activity, patterns), expected, strict=True):
                 _expect_close(got, want, tolerance, f"attention (window {window})")
 
@@ -204,7 +272,7 @@ class AttentionKernel:
 
         self.blocks = False
         if self._sgemm is None:
-            log.info("torch has no MKL sgemm to call: the engine calls the kernels one by one")
+            log.info("No checked sgemm from torch to call: the kernels are called one by one")
             return
         try:
             self._check_block(generator, tolerance)
@@ -226,8 +294,8 @@ class AttentionKernel:
         weights += [randn(3 * d_model, d_model), randn(d_model, d_model), randn(d_model)]
         weights += [randn(d_mlp, d_model), randn(d_mlp), randn(d_model, d_mlp), randn(d_model)]
         ln_1w, ln_1b, ln_2w, ln_2b, w_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj = weights
-        w_o_by_head = w_o.double().view(d_model, heads, SUPPORTED_D_HEAD).permute(1, 2, 0)
-        gram = torch.matmul(w_o_by_head, w_o_by_head.transpose(1, 2)).contiguous()
+        w_o_by_head_t = w_o.view(d_model, heads, SUPPORTED_D_HEAD).permute(1, 2, 0)
+        gram = w_o_gram(w_o_by_head_t)
         block = self.block_weights(
             (ln_1w, ln_1b, eps), (ln_2w, ln_2b, eps), w_qkv, w_o, b_o, w_fc, b_fc, w_proj, b_proj,
             gram, heads, window,
@@ -237,7 +305,9 @@ class AttentionKernel:
         layer_norm = torch.nn.functional.layer_norm
         want_hidden = hidden + pending
         normed = layer_norm(want_hidden, (d_model,), ln_1w, ln_1b, eps)
-        want_z, want_activity, _ = reference_attention(normed @ w_qkv.T, heads, window, gram)
+        want_z, want_activity, _ = reference_attention(
+            normed @ w_qkv.T, heads, window, w_o_by_head_t
+        )
         want_output = want_z @ w_o.T + b_o
         want_hidden = want_hidden + want_output
         normed = layer_norm(want_hidden, (d_model,), ln_2w, ln_2b, eps)
@@ -265,7 +335,7 @@ class AttentionKernel:
         qkv: Tensor,  # [batch, token, 3 * head * 4], contiguous float32
         heads: int,
         window: int,  # 0: global attention
-        gram: Tensor,  # [head, 4, 4] float64: W_O[h-slice]ᵀ · W_O[h-slice]
+        gram: Tensor,  # [head, 4, 4] float64: w_o_gram of W_O by head
         activity: Tensor,  # [batch, head, token], to fill in
         patterns: Tensor | None,  # [batch, len(pattern_heads), token, token], to fill in
         pattern_heads: list[int],
@@ -440,9 +510,10 @@ class KernelMismatch(RuntimeError):
 
 
 def reference_attention(
-    qkv: Tensor, heads: int, window: int, gram: Tensor
+    qkv: Tensor, heads: int, window: int, w_o_by_head_t: Tensor
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """What the kernel computes, with torch ops: (z [b, token, head*4], activity, patterns)."""
+    """What the kernel computes, with torch ops and activity.py's formula (in float64):
+    (z [b, token, head*4], activity [b, head, token], patterns [b, head, q, k])."""
     batch, length, _ = qkv.shape
     query, key, value = qkv.view(batch, length, 3, heads, SUPPORTED_D_HEAD).permute(2, 0, 3, 1, 4)
     offsets = torch.arange(length)[:, None] - torch.arange(length)[None, :]
@@ -450,26 +521,189 @@ def reference_attention(
     scores = torch.matmul(query, key.transpose(-1, -2)).masked_fill(~visible, float("-inf"))
     patterns = torch.softmax(scores, dim=-1)  # [batch, head, q, k]
     z = torch.matmul(patterns, value)  # [batch, head, token, 4]
-    squared = torch.einsum("bhti,hij,bhtj->bht", z.double(), gram, z.double())
+    activity = contribution_norm(z.double(), w_o_by_head_t.double())  # [batch, head, token]
     merged = z.transpose(1, 2).reshape(batch, length, heads * SUPPORTED_D_HEAD)
-    return merged, squared.clamp(min=0).sqrt().float(), patterns
+    return merged, activity, patterns
 
 
 def load_attention_kernel(mode: str, cache_dir: Path | None = None) -> AttentionKernel | None:
-    """The kernel, or None to use the torch path. mode: "auto", "c" (required) or "torch"."""
+    """The kernel, or None to use the torch backend. mode: "auto", "c" (required) or "torch"."""
     if mode == "torch":
         return None
-    try:
-        library, path = native_build.load_library(SOURCE, FLAGS, cache_dir, "attention")
+
+    def checked(library: ctypes.CDLL, path: Path) -> AttentionKernel:
         kernel = AttentionKernel(library, path)
         kernel.check()
         return kernel
-    except (OSError, subprocess.SubprocessError, KernelMismatch) as err:
-        detail = (getattr(err, "stderr", None) or b"").decode(errors="replace")[-500:]
-        message = f"The attention kernel is unavailable ({type(err).__name__}: {err}) {detail}"
+
+    try:
+        return native_build.load(
+            "attention", SOURCE, FLAGS, checked, cache_dir=cache_dir, required=True
+        )
+    except native_build.NativeUnavailable as err:
+        message = f"The attention kernel is unavailable ({err})"
         if mode == "c":
             raise StartupError(
                 f"{message}. Set attention_kernel=auto or torch to run without it."
             ) from err
         log.warning("%s; using the torch path.", message)
         return None
+
+
+class NativeBackend:
+    """Blocks through the C kernels: one C call per block with one torch thread (`blocks`),
+    else the kernels one by one between torch GEMMs. Heads of size 4 and activity as
+    `contribution_norm` only (the kernel's own formula, checked against it at load)."""
+
+    name = "native"
+
+    def __init__(
+        self,
+        geometry: Geometry,
+        layers: Sequence[LayerWeights],
+        activation: Callable[[Tensor], Tensor],
+        activity: ActivityFormula,
+        kernel: AttentionKernel,
+        *,
+        whole_blocks: bool = True,
+    ) -> None:
+        self.geometry = geometry
+        self.layers = layers
+        self.activity = activity
+        self.kernel = kernel
+        self.grams = [w_o_gram(weights.w_o_by_head_t) for weights in layers]
+        tanh_gelu = activation is gelu_tanh_by_sigmoid
+        # The C GELU stands in for the tanh-GELU only; any other activation runs torch's.
+        self.activation = kernel.gelu_tanh_ if tanh_gelu else activation
+        self.blocks: list[BlockWeights] | None = None
+        if whole_blocks and kernel.blocks and tanh_gelu and self.unsupported(None) is None:
+            self.blocks = [
+                kernel.block_weights(
+                    w.ln_1,
+                    w.ln_2,
+                    w.w_qkv,
+                    w.w_o,
+                    w.b_o,
+                    w.w_fc,
+                    w.b_fc,
+                    w.w_proj,
+                    w.b_proj,
+                    gram,
+                    geometry.n_heads,
+                    geometry.window(layer),
+                )
+                for layer, (w, gram) in enumerate(zip(layers, self.grams, strict=True))
+            ]
+
+    def unsupported(self, request: ForwardRequest | None) -> str | None:
+        if self.geometry.d_head != SUPPORTED_D_HEAD:
+            return f"d_head={self.geometry.d_head}: the C kernel needs {SUPPORTED_D_HEAD}"
+        if self.activity is not contribution_norm:
+            return f"the C kernel computes contribution_norm activity, not {self.activity.__name__}"
+        return None
+
+    def parts(self, batch: int, length: int, request: ForwardRequest) -> int:
+        """With several torch threads the per-op calls split each op over them, which costs
+        more than it gains on short inputs: then each thread runs whole blocks for its share of
+        the batch (activity and all patterns only)."""
+        threads = torch.get_num_threads()
+        if (
+            self.blocks is not None
+            and threads > 1
+            and not (request.patterns or request.vectors or request.contributions)
+            and (batch > 1 or length < BLOCKS_ALONE_BELOW_TOKENS)
+        ):
+            return threads
+        return 1
+
+    def start(self, hidden: Tensor, request: ForwardRequest, *, one_thread: bool) -> _NativePass:
+        # One C call per block with a single torch thread: that call runs attention's
+        # (sequence, head) pairs on one thread, the per-op calls split them over torch's
+        # threads. Both run the same operations in the same order.
+        one_thread = one_thread or torch.get_num_threads() == 1
+        return _NativePass(self, hidden, request, self.blocks if one_thread else None)
+
+
+class _NativePass:
+    """Each residual add is fused into the LayerNorm after it (`hidden` is updated in place; the
+    MLP's output waits in `pending` for the next layer's ln_1), the tanh-GELU runs in place, and
+    the GEMMs run on [batch * token, features] rows into buffers reused by every layer (except
+    those an output keeps views of)."""
+
+    def __init__(
+        self,
+        backend: NativeBackend,
+        hidden: Tensor,
+        request: ForwardRequest,
+        blocks: list[BlockWeights] | None,
+    ) -> None:
+        g = backend.geometry
+        self.backend, self.request, self.blocks = backend, request, blocks
+        self.hidden = hidden  # [batch, token, d_model]
+        batch, length, _ = hidden.shape
+        self.rows = rows = batch * length
+        self.normed = torch.empty_like(hidden)
+        self.normed_rows = self.normed.view(rows, g.d_model)
+        self.inner = torch.empty(rows, backend.layers[0].w_fc.shape[0])  # [rows, d_mlp]
+        self.mlp = torch.empty_like(hidden)
+        self.mlp_rows = self.mlp.view(rows, g.d_model)
+        self.pending: Tensor | None = None
+        self.shared_qkv = None if request.vectors else torch.empty(rows, 3 * g.d_model)
+        self.shared_z = None if request.contributions else torch.empty(rows, g.d_model)
+        self.shared_output = None if request.contributions else torch.empty(rows, g.d_model)
+
+    def block(
+        self,
+        layer: int,
+        activity: Tensor,
+        patterns: Tensor | None,
+        pattern_heads: list[int],
+        *,
+        last: bool,
+    ) -> LayerOutput:
+        backend, request = self.backend, self.request
+        g, weights, kernel = backend.geometry, backend.layers[layer], backend.kernel
+        batch, length, _ = self.hidden.shape
+        rows = self.rows
+        if self.blocks is not None:
+            qkv = torch.empty(rows, 3 * g.d_model) if self.shared_qkv is None else self.shared_qkv
+            merged = torch.empty(rows, g.d_model) if self.shared_z is None else self.shared_z
+            attention_output = (
+                torch.empty(rows, g.d_model) if self.shared_output is None else self.shared_output
+            )
+            kernel.block_forward(
+                self.blocks[layer], batch, length, self.hidden, self.pending, self.normed_rows,
+                qkv, merged, attention_output, self.inner, self.mlp_rows, activity, patterns,
+                pattern_heads, last=last,
+            )  # fmt: skip
+            self.pending = self.mlp
+        else:
+            kernel.add_layer_norm(self.hidden, self.pending, *weights.ln_1, out=self.normed)
+            qkv = torch.mm(self.normed_rows, weights.w_qkv_t, out=self.shared_qkv)
+            merged = kernel.attend(
+                qkv.view(batch, length, -1), g.n_heads, g.window(layer), backend.grams[layer],
+                activity, patterns, pattern_heads,
+            ).view(rows, g.d_model)  # fmt: skip  # [batch * token, head * d_head]
+            attention_output = torch.addmm(
+                weights.b_o, merged, weights.w_o_t, out=self.shared_output
+            )
+        attention_output = attention_output.view(batch, length, g.d_model)
+
+        output = LayerOutput()
+        if request.vectors:
+            query, key, value = qkv.view(batch, length, 3, g.n_heads, g.d_head).permute(
+                2, 0, 3, 1, 4
+            )  # each [batch, head, token, d_head]
+            output.query, output.key, output.value = query, key, value
+        if request.contributions:
+            z = merged.view(batch, length, g.n_heads, g.d_head).transpose(1, 2)
+            output.contribution = head_contributions(z, weights.w_o_by_head_t)
+            output.attention_output = attention_output
+        if not last and self.blocks is None:  # a whole-block call has done the MLP already
+            kernel.add_layer_norm(self.hidden, attention_output, *weights.ln_2, out=self.normed)
+            torch.addmm(weights.b_fc, self.normed_rows, weights.w_fc_t, out=self.inner)
+            torch.addmm(
+                weights.b_proj, backend.activation(self.inner), weights.w_proj_t, out=self.mlp_rows
+            )
+            self.pending = self.mlp
+        return output

@@ -1,0 +1,133 @@
+"""The model as analysis/ sees it: token-id lists in, numpy arrays out.
+
+`ModelRunner` owns the engine and its backends; callers never touch a tensor, so torch stays
+inside headscope.model. Arrays are float32, exactly the engine's numbers, without batch axis or
+padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from headscope.model.backends.base import Geometry
+from headscope.model.backends.native import load_attention_kernel
+from headscope.model.batching import length_groups, pad_batch, split_output
+from headscope.model.engine import AnalysisEngine, EngineOutput
+from headscope.model.loading import Checkpoint
+
+
+@dataclass
+class SequenceArrays:
+    """One sequence's results; only what was asked for is set."""
+
+    activity: np.ndarray  # [layer, head, token]
+    patterns: dict[tuple[int, int], np.ndarray]  # (layer, head) -> [q, k]
+    all_patterns: np.ndarray | None = None  # [layer, head, q, k]
+    keys: np.ndarray | None = None  # [layer, head, token, d_head]
+    queries: np.ndarray | None = None
+    values: np.ndarray | None = None
+
+
+def _array(tensor: torch.Tensor | None) -> np.ndarray | None:
+    return None if tensor is None else tensor.numpy()
+
+
+class ModelRunner:
+    def __init__(self, model: Checkpoint) -> None:
+        self.engine = AnalysisEngine(model.config, model.tensors)
+        self.geometry: Geometry = self.engine.geometry
+
+    def attach_native(self, mode: str, cache_dir: Path | None = None) -> None:
+        """The C kernels as the preferred backend, per the `attention_kernel` setting: "auto"
+        (where they build and pass their checks), "c" (StartupError without them), "torch"."""
+        self.engine.use_kernel(load_attention_kernel(mode, cache_dir))
+
+    def forward(
+        self,
+        ids: Sequence[int],
+        *,
+        last_layer: int | None = None,
+        patterns: Iterable[tuple[int, int]] = (),
+        vectors: bool = False,
+    ) -> SequenceArrays:
+        """One sequence through the model up to `last_layer` (default: the last)."""
+        output = self.engine.run(
+            torch.tensor([list(ids)], dtype=torch.long),
+            last_layer=last_layer,
+            patterns=patterns,
+            vectors=vectors,
+        )
+        return self._first(output)
+
+    def _first(self, output: EngineOutput) -> SequenceArrays:
+        def first(tensor: torch.Tensor | None) -> np.ndarray | None:
+            return None if tensor is None else tensor[0].numpy()
+
+        return SequenceArrays(
+            activity=output.activity[0].numpy(),
+            patterns={head: pattern[0].numpy() for head, pattern in output.patterns.items()},
+            all_patterns=first(output.all_patterns),
+            keys=first(output.keys),
+            queries=first(output.queries),
+            values=first(output.values),
+        )
+
+    def batches(
+        self,
+        id_lists: Sequence[Sequence[int]],
+        *,
+        max_batch_tokens: int | None = None,
+        max_batch_cells: int | None = None,
+        max_batch: int | None = None,
+        length_slack: float | None = None,
+        longest_first: bool = True,
+        last_layer: int | None = None,
+        patterns: Iterable[tuple[int, int]] = (),
+        all_patterns: bool = False,
+        vectors: bool = False,
+    ) -> Iterator[tuple[list[int], list[SequenceArrays]]]:
+        """(indices into `id_lists`, their results) per right-padded batch of similar lengths
+        (headscope.model.batching.length_groups' bounds)."""
+        wanted = list(patterns)
+        lengths = [len(ids) for ids in id_lists]
+        for group in length_groups(
+            lengths,
+            max_batch_tokens=max_batch_tokens,
+            max_batch_cells=max_batch_cells,
+            max_batch=max_batch,
+            length_slack=length_slack,
+            longest_first=longest_first,
+        ):
+            output = self.engine.run(
+                pad_batch([id_lists[index] for index in group]),
+                last_layer=last_layer,
+                patterns=wanted,
+                all_patterns=all_patterns,
+                vectors=vectors,
+            )
+            pieces = split_output(output, [lengths[index] for index in group])
+            yield (
+                group,
+                [
+                    SequenceArrays(
+                        activity=piece.activity.numpy(),
+                        patterns={
+                            head: pattern.numpy() for head, pattern in piece.patterns.items()
+                        },
+                        all_patterns=_array(piece.all_patterns),
+                        keys=_array(piece.keys),
+                        queries=_array(piece.queries),
+                        values=_array(piece.values),
+                    )
+                    for piece in pieces
+                ],
+            )
+
+    def visible(self, layer: int, length: int) -> np.ndarray:
+        """[q, k] True where query q may see key k on `layer`."""
+        return self.geometry.causal_mask(layer, length).numpy()
