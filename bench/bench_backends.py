@@ -193,11 +193,7 @@ def compiled_candidate(checkpoint, dynamic: bool) -> Candidate:
         {"mode": "max-autotune-no-cudagraphs"},
         {"backend": "aot_eager"},
     ]
-    candidate = Candidate(
-        f"torch.compile (plain module, dynamic={dynamic})",
-        "plain PyTorch, one formula; needs a C++ compiler at startup and compiles per shape",
-        lambda threads, keep: None,  # replaced below
-    )
+    notes: list[str] = []
 
     def prepare(_threads: int, keep_patterns: bool) -> Analyse:
         # Inductor's C++ fixes its OpenMP thread count when it compiles: start afresh per count.
@@ -211,12 +207,12 @@ def compiled_candidate(checkpoint, dynamic: bool) -> Candidate:
                     compiled(probe)
             except Exception as err:  # noqa: BLE001 - any compiler failure moves to the next option
                 note = f"torch.compile({option or 'default inductor'}) failed: {type(err).__name__}"
-                candidate.notes.append(f"{note}: {str(err).splitlines()[0][:300]}")
+                notes.append(f"{note}: {str(err).splitlines()[0][:300]}")
                 torch._dynamo.reset()
                 continue
             worked = f"torch.compile({option or 'default inductor'}) compiled"
-            if worked not in candidate.notes:
-                candidate.notes.append(worked)
+            if worked not in notes:
+                notes.append(worked)
 
             def analyse(ids: Tensor, compiled=compiled):
                 with torch.inference_mode():
@@ -226,8 +222,12 @@ def compiled_candidate(checkpoint, dynamic: bool) -> Candidate:
             return analyse
         raise RuntimeError("no torch.compile option worked here")
 
-    candidate.prepare = prepare
-    return candidate
+    return Candidate(
+        f"torch.compile (plain module, dynamic={dynamic})",
+        "plain PyTorch, one formula; needs a C++ compiler at startup and compiles per shape",
+        prepare,
+        notes,
+    )
 
 
 def onnx_candidate(checkpoint, workdir: Path, opset: int) -> Candidate | None:
@@ -236,11 +236,6 @@ def onnx_candidate(checkpoint, workdir: Path, opset: int) -> Candidate | None:
     except ImportError:
         return None
     exported: dict[bool, Path] = {}
-    candidate = Candidate(
-        f"onnxruntime {onnxruntime.__version__} (CPU EP, ONNX opset {opset})",
-        "plain PyTorch exported once; a second runtime and the exporter's dependencies",
-        lambda threads, keep: None,
-    )
 
     def export(keep_patterns: bool) -> Path:
         if keep_patterns not in exported:
@@ -281,8 +276,11 @@ def onnx_candidate(checkpoint, workdir: Path, opset: int) -> Candidate | None:
 
         return analyse
 
-    candidate.prepare = prepare
-    return candidate
+    return Candidate(
+        f"onnxruntime {onnxruntime.__version__} (CPU EP, ONNX opset {opset})",
+        "plain PyTorch exported once; a second runtime and the exporter's dependencies",
+        prepare,
+    )
 
 
 # -- the grid, interleaved ------------------------------------------------------------------------
