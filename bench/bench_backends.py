@@ -538,8 +538,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         candidates.append(compiled_candidate(checkpoint, dynamic=True))
     if args.compile in ("static", "both"):
         candidates.append(compiled_candidate(checkpoint, dynamic=False))
-    workdir = Path(tempfile.mkdtemp(prefix="headscope-onnx-"))
-    onnx = None if args.no_onnx else onnx_candidate(checkpoint, workdir, args.opset)
+    # Removed when the run ends (or by its finalizer, should the run fail).
+    workdir = tempfile.TemporaryDirectory(prefix="headscope-onnx-")
+    onnx = None if args.no_onnx else onnx_candidate(checkpoint, Path(workdir.name), args.opset)
     if onnx is not None:
         candidates.append(onnx)
     elif not args.no_onnx:
@@ -574,6 +575,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
         print(f"\nMachine now: {common.machine_description()}", flush=True)
         if args.json:
             Path(args.json).write_text(json.dumps(rows, indent=2, default=str))
+    workdir.cleanup()
     return rows
 
 
