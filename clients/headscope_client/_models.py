@@ -244,7 +244,7 @@ class HeadPattern(schemas.HeadPattern):
 
 class AnalyzeResult(EngineArrays, schemas.AnalyzeResponse):
     activity: Cube
-    patterns: list[HeadPattern]
+    patterns: list[HeadPattern]  # type: ignore[assignment]  # the client's subclass of the server's item
 
     def to_numpy(self, dtype: Any = None) -> np.ndarray:
         """Activity of every head as an array of shape [layer, head, token], in the dtype the
@@ -424,7 +424,7 @@ class TagAttention(schemas.TagAttention):
 
 class AttentionByTagResult(schemas.AttentionByTagResponse):
     model_config = ConfigDict(extra="allow")
-    rows: list[TagAttention]
+    rows: list[TagAttention]  # type: ignore[assignment]  # the client's subclass of the server's item
 
     def to_pandas(self) -> pd.DataFrame:
         """One row per tag (index `tag`): attention, frequency, query_tokens, and intervals
@@ -490,7 +490,7 @@ class RankedHead(schemas.RankedHead):
 
 class HeadRankResult(schemas.HeadRankResponse):
     model_config = ConfigDict(extra="allow")
-    heads: list[RankedHead]
+    heads: list[RankedHead]  # type: ignore[assignment]  # the client's subclass of the server's item
 
     def to_pandas(self) -> pd.DataFrame:
         """The ranked heads, best combined rank first, indexed by `L{layer}H{head}`, with

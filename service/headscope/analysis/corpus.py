@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from pydantic import BaseModel
@@ -201,7 +201,7 @@ def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     return numerator / denominator
 
 
-INTERVAL_SPEC = {"level": 0.95, "resamples": RESAMPLES, "method": METHOD}
+INTERVAL_SPEC: dict[str, Any] = {"level": 0.95, "resamples": RESAMPLES, "method": METHOD}
 
 
 class CorpusAnalysis:

@@ -19,7 +19,7 @@ import unicodedata
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -334,7 +334,7 @@ def probe_tags_png(run, vector: str, metric: str, model: str, columns: int = 6) 
             "hspace": 0.45,
         },
     )
-    image = None
+    image: Any = None
     for axis, tag in zip(axes.flat, tags, strict=False):
         grid, support = run.scores(vector, tag, metric)
         label = tag if support is None else f"{tag} (n={support})"
@@ -356,15 +356,15 @@ def probe_tags_png(run, vector: str, metric: str, model: str, columns: int = 6) 
     return png_bytes(figure)
 
 
-def _error_bars(values: Sequence[float], low, high) -> np.ndarray | None:
+def _error_bars(values: Sequence[float] | np.ndarray, low, high) -> np.ndarray | None:
     """matplotlib's yerr ([2, bar]: below, above) from interval bounds; None without bounds."""
     if low is None or high is None:
         return None
-    values = np.asarray(values, dtype=np.float64)
+    bars = np.asarray(values, dtype=np.float64)
     low = np.asarray([np.nan if v is None else v for v in low], dtype=np.float64)
     high = np.asarray([np.nan if v is None else v for v in high], dtype=np.float64)
-    below = np.clip(np.nan_to_num(values - low), 0, None)
-    above = np.clip(np.nan_to_num(high - values), 0, None)
+    below = np.clip(np.nan_to_num(bars - low), 0, None)
+    above = np.clip(np.nan_to_num(high - bars), 0, None)
     return np.stack([below, above])
 
 

@@ -182,7 +182,7 @@ class AnalysisPool:
             self._waiting.add(waiter)
             if disconnected is not None:
                 disconnected.add_done_callback(
-                    lambda gone: gone.cancelled() or self._end(waiter, ClientGone())
+                    lambda gone: None if gone.cancelled() else self._end(waiter, ClientGone())
                 )
             try:
                 return await waiter

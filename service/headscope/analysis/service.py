@@ -6,7 +6,7 @@ import functools
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -39,6 +39,9 @@ from headscope.settings import Settings
 from headscope.tagging.base import Alignment, Tagger
 from headscope.tagging.child import TaggerProcess
 from headscope.tagging.nltk_tagger import WORD_SPAN_CACHE_BYTES, PosTagger
+
+if TYPE_CHECKING:
+    from headscope.analysis.probes.store import ProbeRun
 
 log = logging.getLogger("headscope.runtime")
 
@@ -91,7 +94,7 @@ class Runtime:
                 f"max_position_embeddings={self.geometry.max_positions}."
             )
         self.max_tokens = settings.max_tokens
-        self.probes = None  # set by the probes loader when a run is loaded
+        self.probes: ProbeRun | None = None  # set by the probes loader when a run is loaded
         self.cache = AnalysisCache(getattr(settings, "analysis_cache_mb", 0) * 2**20)
         self.probes_reason: str | None = "No probe run loaded."
 

@@ -62,7 +62,7 @@ class DrainingServer(uvicorn.Server):
     def __init__(self, config: uvicorn.Config, pool: Callable[[], AnalysisPool | None]) -> None:
         super().__init__(config)
         self.pool = pool
-        self.drain_timeout = config.timeout_graceful_shutdown - DRAIN_WRITE_GRACE
+        self.drain_timeout = (config.timeout_graceful_shutdown or 0) - DRAIN_WRITE_GRACE
         self.loop: asyncio.AbstractEventLoop | None = None
 
     async def serve(self, sockets=None) -> None:

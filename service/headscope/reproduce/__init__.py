@@ -14,6 +14,7 @@ import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 from headscope.reproduce.report import (
     FIGURES_FOLDER,
@@ -71,7 +72,7 @@ def reproduce(
     statistics = [quotes, *activity.values(), *attention.values()]
     warnings = sorted({s["warning"] for s in statistics if s.get("warning")})
     reference = paper_reference()
-    results = {
+    results: dict[str, Any] = {
         "headline": headline(info["model_id"], info["weights_sha256"]),
         "paper_weights": comparable,
         "quick": quick,

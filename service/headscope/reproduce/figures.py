@@ -5,6 +5,7 @@ grids of our run, and the case-study charts and token figures drawn by headscope
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from headscope.analysis.figures import (
     DEFAULT_CHART_HEIGHT,
@@ -101,7 +102,7 @@ def write_figures(
                 f"Appendix {'A' if vector == 'key' else 'B'}: F1 of our {vector} probes, every "
                 "tag, layer × head",
             )
-    size = {"width": CHART_WIDTH, "height": DEFAULT_CHART_HEIGHT, "model": model}
+    size: dict[str, Any] = {"width": CHART_WIDTH, "height": DEFAULT_CHART_HEIGHT, "model": model}
     save(
         "case1-quotes",
         quotes_png(QuotesResponse.model_validate(quotes), layer=None, top=16, **size),

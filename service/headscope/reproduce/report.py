@@ -199,7 +199,7 @@ def build_claims(
 def grid_comparisons(run: ProbeRun) -> dict[str, list[GridComparison]]:
     paper = paper_reference().vectors
     support = run.manifest["metrics"]["support"]
-    result = {}
+    result: dict[str, list[GridComparison]] = {}
     for vector in ("key", "query"):
         if vector not in run.vectors:
             continue

@@ -104,7 +104,10 @@ class ViewerFiles:
             Mount("/viewer", StaticFiles(directory=STATIC)),
             Mount("/docs-assets", StaticFiles(directory=DOCS_ASSETS)),
         ]
-        self.files = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
+        self.files = Starlette(
+            routes=routes,
+            exception_handlers={HTTPException: not_found},  # type: ignore[dict-item]
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (

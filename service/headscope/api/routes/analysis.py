@@ -30,7 +30,7 @@ from headscope.schemas import (
 router = APIRouter(prefix="/v1", tags=["analysis"])
 
 BINARY = {"schema": {"type": "string", "format": "binary"}}
-NOT_ACCEPTABLE = {
+NOT_ACCEPTABLE: dict[int | str, dict[str, Any]] = {
     406: {"model": ErrorResponse, "description": "Accept asks only for a format not offered."}
 }
 
