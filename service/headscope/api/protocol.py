@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from headscope.analysis.pool import WriteBacklog
 from headscope.api.responses import error_body
 
+# A new connection gets this long to send its request before the connection cap may close it:
+# connections accepted in one burst are all made before any is read, and a health probe among
+# a flood's connections must not be closed for being the oldest of them.
+EVICTION_GRACE_SECONDS = 0.5
 # A client that takes less than this in `write_timeout` counts as not reading: trickling a few
 # bytes at a time would otherwise hold a whole response's buffer for as long as it likes.
 MIN_BYTES_PER_WRITE_TIMEOUT = 64 * 1024
@@ -51,8 +55,8 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
       rule);
     - at most `max_connections` are open: a new one past it closes the oldest connection with
       no request in progress (idle, or still sending its request), those that have never been
-      answered first (an idle flood), clients already served last; when all are busy, the new
-      one is answered 503 and closed;
+      answered first (an idle flood; none younger than EVICTION_GRACE_SECONDS), clients
+      already served last; when none can go, the new one is answered 503 and closed;
     - a request's head must arrive within `head_timeout` of the connection being ready for it,
       and its body within `body_timeout` of the head (slowloris): 408, and the connection closes;
     - a response the client takes (next to) nothing of for `write_timeout` closes the connection
@@ -75,11 +79,13 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
             self.request_timer: asyncio.TimerHandle | None = None
             self.write_timer: asyncio.TimerHandle | None = None
             self.unsent_at_check = 0
+            self.connected_at = 0.0
 
         # -- connections -----------------------------------------------------------------------
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.connected_at = self.loop.time()
             open_count = len(self.unanswered) + len(self.answered)
             if open_count >= limits.max_connections and not self._make_room():
                 self.logger.warning("Connection refused: %d connections, all busy", open_count)
@@ -96,8 +102,11 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
             return cycle is not None and not cycle.more_body and not cycle.response_complete
 
         def _make_room(self) -> bool:
+            settled = self.loop.time() - EVICTION_GRACE_SECONDS
             for connections in (self.unanswered, self.answered):
                 for connection in connections:
+                    if connections is self.unanswered and connection.connected_at > settled:
+                        break  # the rest are younger still
                     if not connection._busy():
                         self.logger.warning("Connection limit reached: closing the oldest idle one")
                         connection.transport.abort()
