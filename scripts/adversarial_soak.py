@@ -65,7 +65,7 @@ class Attack:
         self.server_errors: list[str] = []
         self.normal = Counter()  # ok / lost / retried
         self.health_latencies: list[float] = []
-        self.health_failures = 0
+        self.health_failures: Counter[str] = Counter()  # why a probe failed
 
     def running(self) -> bool:
         return time.monotonic() < self.stop_at
@@ -255,14 +255,14 @@ class Attack:
                     answer = b""
                     while chunk := sock.recv(4096):
                         answer += chunk
-                ok = answer.startswith(b"HTTP/1.1 200")
-            except OSError:
-                ok = False
+                failure = None if answer.startswith(b"HTTP/1.1 200") else answer[:12].decode()
+            except OSError as err:
+                failure = type(err).__name__
             with self.lock:
-                if ok:
+                if failure is None:
                     self.health_latencies.append(time.perf_counter() - started)
                 else:
-                    self.health_failures += 1
+                    self.health_failures[failure or "closed without an answer"] += 1
             time.sleep(0.05)
 
 
@@ -346,9 +346,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  5xx: {server_errors}  {attack.server_errors[:3] or ''}")
     print(f"  max RSS, server + tagger child: {rss_mib:.0f} MiB (bound {args.max_rss_mib:.0f})")
     if p99 is not None:
+        failed = sum(attack.health_failures.values())
         print(
-            f"  /healthz during the attack: {len(latencies)} answered, {attack.health_failures} "
-            f"failed; p50 {statistics.median(latencies) * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"
+            f"  /healthz during the attack: {len(latencies)} answered, {failed} failed "
+            f"{dict(attack.health_failures)}; p50 {statistics.median(latencies) * 1e3:.1f} ms, "
+            f"p99 {p99 * 1e3:.1f} ms"
         )
     print(f"  open fds: baseline {baseline_fds}, at the end {end_fds}")
     print(
@@ -360,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         and lost == 0
         and rss_mib <= args.max_rss_mib
         and end_fds <= baseline_fds
-        and attack.health_failures == 0
+        and not attack.health_failures
         and still_answers
     )
     print(f"  {'PASS' if ok else 'FAIL'}")
