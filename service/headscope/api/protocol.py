@@ -31,11 +31,13 @@ class ConnectionLimits:
     write_timeout: float
 
 
-def http_response(status_line: bytes, default_headers, code: str, message: str) -> bytes:
+def http_response(
+    status_line: bytes, default_headers, code: str, message: str, extra_headers=()
+) -> bytes:
     """A whole `connection: close` response carrying the envelope, for the protocol to write."""
     body = error_body(code, message)
     head = [status_line]
-    head += [name + b": " + value + b"\r\n" for name, value in default_headers]
+    head += [name + b": " + value + b"\r\n" for name, value in [*default_headers, *extra_headers]]
     head += [
         b"content-type: application/json\r\n",
         b"content-length: " + str(len(body)).encode() + b"\r\n",
@@ -90,7 +92,10 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
             if open_count >= limits.max_connections and not self._make_room():
                 self.logger.warning("Connection refused: %d connections, all busy", open_count)
                 self._close_with(
-                    503, "too_many_connections", "Too many connections; retry shortly."
+                    503,
+                    "too_many_connections",
+                    "Too many connections; retry shortly.",
+                    [(b"retry-after", b"1")],
                 )
                 return
             self.unanswered[self] = None
@@ -121,10 +126,11 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
             self._stop_write_watch()
             super().connection_lost(exc)
 
-        def _close_with(self, status: int, code: str, message: str) -> None:
+        def _close_with(self, status: int, code: str, message: str, headers=()) -> None:
             if not self.transport.is_closing():
                 defaults = self.server_state.default_headers
-                self.transport.write(http_response(STATUS_LINE[status], defaults, code, message))
+                answer = http_response(STATUS_LINE[status], defaults, code, message, headers)
+                self.transport.write(answer)
                 self.transport.close()
 
         # -- reading requests --------------------------------------------------------------------
