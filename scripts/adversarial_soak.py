@@ -37,6 +37,7 @@ import psutil
 from soak import LOOPBACK, STORY, start_server
 
 KEY = "adversarial-soak-key"
+ESTABLISHED = 1  # Linux tcpi_state
 
 
 def long_text(rng: random.Random, words: int) -> str:
@@ -65,12 +66,16 @@ class Attack:
         self.server_errors: list[str] = []
         self.normal = Counter()  # ok / lost / retried
         self.health_latencies: list[float] = []
-        self.health_failures = 0
+        self.health_failures: Counter[str] = Counter()  # why a probe failed
 
     def running(self) -> bool:
         return time.monotonic() < self.stop_at
 
     def record(self, kind: str, status: int | str, body: str = "") -> None:
+        # The connection cap's refusal (503 with the envelope and Retry-After, the answer the
+        # issue asks for when every connection slot is taken) is counted apart from 5xx.
+        if status == 503 and "too_many_connections" in body:
+            status = "503 too_many_connections"
         with self.lock:
             self.statuses[f"{kind} {status}"] += 1
             if isinstance(status, int) and status >= 500:
@@ -123,17 +128,11 @@ class Attack:
                 # Never read: wait until the server closes the connection, or the soak ends.
                 outcome = "held to the end"
                 while self.running():
-                    sock.settimeout(1)
-                    try:
-                        if sock.recv(1, socket.MSG_PEEK) == b"":
-                            outcome = "closed-by-server"
-                            break
-                        time.sleep(1)
-                    except TimeoutError:
-                        continue
-                    except ConnectionResetError:
+                    # The TCP state, not a read: the answer is never taken.
+                    if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != ESTABLISHED:
                         outcome = "closed-by-server"
                         break
+                    time.sleep(1)
                 self.record("never-reading", outcome)
                 sock.close()
             except OSError as err:
@@ -235,7 +234,7 @@ class Attack:
                         self.record("normal", type(err).__name__)
                         break
                     self.record("normal", response.status_code, response.text)
-                    if response.status_code == 429:
+                    if response.status_code in (429, 503) and "retry-after" in response.headers:
                         time.sleep(float(response.headers.get("retry-after", "1")))
                         continue
                     if response.status_code < 300:
@@ -255,14 +254,14 @@ class Attack:
                     answer = b""
                     while chunk := sock.recv(4096):
                         answer += chunk
-                ok = answer.startswith(b"HTTP/1.1 200")
-            except OSError:
-                ok = False
+                failure = None if answer.startswith(b"HTTP/1.1 200") else answer[:12].decode()
+            except OSError as err:
+                failure = type(err).__name__
             with self.lock:
-                if ok:
+                if failure is None:
                     self.health_latencies.append(time.perf_counter() - started)
                 else:
-                    self.health_failures += 1
+                    self.health_failures[failure or "closed without an answer"] += 1
             time.sleep(0.05)
 
 
@@ -346,21 +345,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  5xx: {server_errors}  {attack.server_errors[:3] or ''}")
     print(f"  max RSS, server + tagger child: {rss_mib:.0f} MiB (bound {args.max_rss_mib:.0f})")
     if p99 is not None:
+        failed = sum(attack.health_failures.values())
         print(
-            f"  /healthz during the attack: {len(latencies)} answered, {attack.health_failures} "
-            f"failed; p50 {statistics.median(latencies) * 1e3:.1f} ms, p99 {p99 * 1e3:.1f} ms"
+            f"  /healthz during the attack: {len(latencies)} answered, {failed} failed "
+            f"{dict(attack.health_failures)}; p50 {statistics.median(latencies) * 1e3:.1f} ms, "
+            f"p99 {p99 * 1e3:.1f} ms"
         )
     print(f"  open fds: baseline {baseline_fds}, at the end {end_fds}")
     print(
         f"  normal requests: {attack.normal['ok']} answered, {lost} lost "
-        f"(429s retried: {attack.statuses.get('normal 429', 0)})"
+        f"(429s retried: {attack.statuses.get('normal 429', 0)}, connection-cap 503s retried: "
+        f"{attack.statuses.get('normal 503 too_many_connections', 0)})"
     )
     ok = (
         server_errors == 0
         and lost == 0
         and rss_mib <= args.max_rss_mib
         and end_fds <= baseline_fds
-        and attack.health_failures == 0
+        and not attack.health_failures
         and still_answers
     )
     print(f"  {'PASS' if ok else 'FAIL'}")

@@ -178,8 +178,10 @@ def test_past_the_cap_idle_connections_make_room_and_busy_ones_do_not(patient_se
         sock.sendall(request("/gate"))
     time.sleep(0.3)
     with connect(server) as extra:  # all eight busy: refused
-        status, error = status_and_error(until_closed(extra))
+        raw = until_closed(extra)
+        status, error = status_and_error(raw)
     assert status == 503 and error["code"] == "too_many_connections"
+    assert b"\r\nretry-after: 1\r\n" in raw
     server.app.gate.set()
     for sock in busy:
         answer_ok(sock)

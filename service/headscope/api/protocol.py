@@ -13,6 +13,10 @@ from dataclasses import dataclass
 from headscope.analysis.pool import WriteBacklog
 from headscope.api.responses import error_body
 
+# A new connection gets this long to send its request before the connection cap may close it:
+# connections accepted in one burst are all made before any is read, and a health probe among
+# a flood's connections must not be closed for being the oldest of them.
+EVICTION_GRACE_SECONDS = 0.5
 # A client that takes less than this in `write_timeout` counts as not reading: trickling a few
 # bytes at a time would otherwise hold a whole response's buffer for as long as it likes.
 MIN_BYTES_PER_WRITE_TIMEOUT = 64 * 1024
@@ -27,11 +31,13 @@ class ConnectionLimits:
     write_timeout: float
 
 
-def http_response(status_line: bytes, default_headers, code: str, message: str) -> bytes:
+def http_response(
+    status_line: bytes, default_headers, code: str, message: str, extra_headers=()
+) -> bytes:
     """A whole `connection: close` response carrying the envelope, for the protocol to write."""
     body = error_body(code, message)
     head = [status_line]
-    head += [name + b": " + value + b"\r\n" for name, value in default_headers]
+    head += [name + b": " + value + b"\r\n" for name, value in [*default_headers, *extra_headers]]
     head += [
         b"content-type: application/json\r\n",
         b"content-length: " + str(len(body)).encode() + b"\r\n",
@@ -51,8 +57,8 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
       rule);
     - at most `max_connections` are open: a new one past it closes the oldest connection with
       no request in progress (idle, or still sending its request), those that have never been
-      answered first (an idle flood), clients already served last; when all are busy, the new
-      one is answered 503 and closed;
+      answered first (an idle flood; none younger than EVICTION_GRACE_SECONDS), clients
+      already served last; when none can go, the new one is answered 503 and closed;
     - a request's head must arrive within `head_timeout` of the connection being ready for it,
       and its body within `body_timeout` of the head (slowloris): 408, and the connection closes;
     - a response the client takes (next to) nothing of for `write_timeout` closes the connection
@@ -75,16 +81,21 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
             self.request_timer: asyncio.TimerHandle | None = None
             self.write_timer: asyncio.TimerHandle | None = None
             self.unsent_at_check = 0
+            self.connected_at = 0.0
 
         # -- connections -----------------------------------------------------------------------
 
         def connection_made(self, transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.connected_at = self.loop.time()
             open_count = len(self.unanswered) + len(self.answered)
             if open_count >= limits.max_connections and not self._make_room():
                 self.logger.warning("Connection refused: %d connections, all busy", open_count)
                 self._close_with(
-                    503, "too_many_connections", "Too many connections; retry shortly."
+                    503,
+                    "too_many_connections",
+                    "Too many connections; retry shortly.",
+                    [(b"retry-after", b"1")],
                 )
                 return
             self.unanswered[self] = None
@@ -96,8 +107,11 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
             return cycle is not None and not cycle.more_body and not cycle.response_complete
 
         def _make_room(self) -> bool:
+            settled = self.loop.time() - EVICTION_GRACE_SECONDS
             for connections in (self.unanswered, self.answered):
                 for connection in connections:
+                    if connections is self.unanswered and connection.connected_at > settled:
+                        break  # the rest are younger still
                     if not connection._busy():
                         self.logger.warning("Connection limit reached: closing the oldest idle one")
                         connection.transport.abort()
@@ -112,10 +126,11 @@ def envelope_httptools_protocol(limits: ConnectionLimits, backlog: WriteBacklog)
             self._stop_write_watch()
             super().connection_lost(exc)
 
-        def _close_with(self, status: int, code: str, message: str) -> None:
+        def _close_with(self, status: int, code: str, message: str, headers=()) -> None:
             if not self.transport.is_closing():
                 defaults = self.server_state.default_headers
-                self.transport.write(http_response(STATUS_LINE[status], defaults, code, message))
+                answer = http_response(STATUS_LINE[status], defaults, code, message, headers)
+                self.transport.write(answer)
                 self.transport.close()
 
         # -- reading requests --------------------------------------------------------------------
