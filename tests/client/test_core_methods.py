@@ -4,6 +4,8 @@ against the runtime's own forward pass."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 import numpy as np
 import pytest
@@ -23,7 +25,8 @@ def test_health_ready_and_model(client, runtime):
     assert client.health().status == "ok"
     ready = client.ready()
     assert ready.ready is True
-    assert ready.model_id == runtime.files.model_id
+    # /readyz is unauthenticated: the model's directory name, never its full path.
+    assert ready.model_id == Path(runtime.files.model_id).name
     assert ready.probes in ("loaded", "unavailable")
     info = client.model()
     assert (info.n_layers, info.n_heads, info.d_head, info.d_model) == (8, 16, 4, 64)

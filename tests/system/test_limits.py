@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import statistics
-import time
 from collections import Counter
 
 import httpx
@@ -110,20 +108,18 @@ def test_512_tokens_pass_and_do_model_work(api, runtime, work_counter):
 
 
 @pytest.mark.parametrize("n_tokens", [513, 100_000])
-def test_over_the_limit_is_413_fast_with_no_model_work(probes_api, runtime, work_counter, n_tokens):
+def test_over_the_limit_is_413_with_no_model_work(probes_api, runtime, work_counter, n_tokens):
     api = probes_api  # with a probe run loaded, so /v1/probes/predict gets as far as the text
     texts = {"repeated": " cat" * n_tokens}
     if n_tokens == 513:
         texts["story"] = exactly(513, runtime)
     for path, fields in text_routes(api).items():
         for kind, text in texts.items():
-            durations = []
-            for _ in range(5):
-                started = time.perf_counter()
-                response = api.post(path, json={**fields, "text": text})
-                durations.append(time.perf_counter() - started)
-                error = assert_envelope(response, 413, "input_too_long")
-            assert statistics.median(durations) < 0.050, (path, kind, durations)
+            # No forward pass or tagging ran (work_counter, below), and a 100k-token text is
+            # refused before it is tokenized to the end (tokens_at_least): how fast that is,
+            # is measured in bench/, not here.
+            response = api.post(path, json={**fields, "text": text})
+            error = assert_envelope(response, 413, "input_too_long")
             detail = error["detail"]
             assert detail["max_tokens"] == 512
             if "tokens" in detail:  # counted to the end: the exact count
@@ -325,9 +321,6 @@ def test_corpus_routes_cap_sequences_and_tokens_before_work(api, settings, work_
     for path in routes:
         fields = extra.get(path, {})
         for texts in (too_many, ["A cat sat.", " cat" * 100_000]):
-            started = time.perf_counter()
             response = api.post(path, json={**fields, "texts": texts})
-            elapsed = time.perf_counter() - started
             assert_envelope(response, 413)
-            assert elapsed < 0.5, (path, elapsed)
     assert work_counter == Counter(), work_counter
