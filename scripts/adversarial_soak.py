@@ -136,6 +136,8 @@ class Attack:
                 # Never read: wait until the server closes the connection, or the soak ends.
                 outcome = "held to the end"
                 port = sock.getsockname()[1]
+                while self.running() and not self.server_holds(port):
+                    time.sleep(0.2)  # still in the server's accept queue
                 while self.running():
                     # Asked of the server's side: a client whose window is full may never see
                     # the reset, and a read would take the answer.
@@ -200,7 +202,8 @@ class Attack:
                 sock.settimeout(self.stop_at - time.monotonic() + 1)
                 answer = sock.recv(65536)
                 status = answer.split(b" ", 2)[1].decode() if answer else "closed"
-                self.record("partial-body", int(status) if status.isdigit() else status)
+                text = answer.decode("latin-1")
+                self.record("partial-body", int(status) if status.isdigit() else status, text)
                 sock.close()
             except (OSError, ValueError) as err:
                 self.record("partial-body", type(err).__name__)
