@@ -37,7 +37,6 @@ import psutil
 from soak import LOOPBACK, STORY, start_server
 
 KEY = "adversarial-soak-key"
-ESTABLISHED = 1  # Linux tcpi_state
 
 
 def long_text(rng: random.Random, words: int) -> str:
@@ -54,8 +53,9 @@ def total_rss(process: psutil.Process) -> int:
 
 
 class Attack:
-    def __init__(self, url: str, key: str, seconds: float) -> None:
+    def __init__(self, url: str, key: str, seconds: float, server: psutil.Process) -> None:
         self.url = url
+        self.server = server
         parts = urlsplit(url)
         self.host, self.port = parts.hostname, parts.port
         self.key = key
@@ -67,6 +67,14 @@ class Attack:
         self.normal = Counter()  # ok / lost / retried
         self.health_latencies: list[float] = []
         self.health_failures: Counter[str] = Counter()  # why a probe failed
+
+    def server_holds(self, client_port: int) -> bool:
+        """Whether the server still has a connection from this client port open."""
+        try:
+            connections = self.server.net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(c.raddr and c.raddr.port == client_port for c in connections)
 
     def running(self) -> bool:
         return time.monotonic() < self.stop_at
@@ -127,9 +135,13 @@ class Attack:
                 sock.settimeout(None)
                 # Never read: wait until the server closes the connection, or the soak ends.
                 outcome = "held to the end"
+                port = sock.getsockname()[1]
+                while self.running() and not self.server_holds(port):
+                    time.sleep(0.2)  # still in the server's accept queue
                 while self.running():
-                    # The TCP state, not a read: the answer is never taken.
-                    if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] != ESTABLISHED:
+                    # Asked of the server's side: a client whose window is full may never see
+                    # the reset, and a read would take the answer.
+                    if not self.server_holds(port):
                         outcome = "closed-by-server"
                         break
                     time.sleep(1)
@@ -190,7 +202,8 @@ class Attack:
                 sock.settimeout(self.stop_at - time.monotonic() + 1)
                 answer = sock.recv(65536)
                 status = answer.split(b" ", 2)[1].decode() if answer else "closed"
-                self.record("partial-body", int(status) if status.isdigit() else status)
+                text = answer.decode("latin-1")
+                self.record("partial-body", int(status) if status.isdigit() else status, text)
                 sock.close()
             except (OSError, ValueError) as err:
                 self.record("partial-body", type(err).__name__)
@@ -302,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         time.sleep(2)
         baseline_fds = server.num_fds()
-        attack = Attack(url, args.key, args.seconds)
+        attack = Attack(url, args.key, args.seconds, server)
         normal = range(args.normal_clients)
         workers = [
             *(threading.Thread(target=attack.normal_client, args=(i,)) for i in normal),
