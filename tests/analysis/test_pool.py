@@ -60,3 +60,31 @@ def test_resolved_waits_in_the_calling_thread():
     threading.Timer(0.01, tags.set_result, args=[["DT"]]).start()
     assert resolved(Awaiting(tags, lambda answer: answer + ["NN"])) == ["DT", "NN"]
     assert resolved({"already": "done"}) == {"already": "done"}
+
+
+async def test_a_running_analysis_whose_client_left_is_told_to_stop():
+    """The pool sets the analysis' stop event (headscope.model.stopping) when its client goes
+    away; the engine checks it between layers. Synchronised by events, not by time."""
+    from headscope.errors import ClientGone
+    from headscope.model.stopping import stop_signal
+
+    pool = AnalysisPool(max_concurrency=1, max_queue=4)
+    started, saw_stop = threading.Event(), threading.Event()
+
+    def long_analysis():
+        started.set()
+        stop = stop_signal()
+        assert stop is not None
+        if stop.wait(timeout=60):
+            saw_stop.set()
+
+    try:
+        gone = asyncio.get_running_loop().create_future()
+        request = asyncio.ensure_future(pool.run(long_analysis, disconnected=gone))
+        await asyncio.to_thread(started.wait, 60)
+        gone.set_result(None)  # the client closed its connection
+        with pytest.raises(ClientGone):
+            await asyncio.wait_for(request, 60)
+        assert await asyncio.to_thread(saw_stop.wait, 60)
+    finally:
+        pool.shutdown()

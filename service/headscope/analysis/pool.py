@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from headscope.errors import ClientGone, HeadscopeError, NotReady, Overloaded
+from headscope.model.stopping import stoppable
 
 T = TypeVar("T")
 RETRY_AFTER_SECONDS = 1
@@ -128,6 +129,9 @@ class AnalysisPool:
         self.draining = False
         self._waiting: set[asyncio.Future] = set()
         self._ended: dict[asyncio.Future, HeadscopeError] = {}
+        # Each wait's stop event: set when the wait ends early, so the engine stops its running
+        # analysis between layers (headscope.model.stopping).
+        self._stops: dict[asyncio.Future, threading.Event] = {}
 
     @property
     def admitted(self) -> int:
@@ -178,8 +182,10 @@ class AnalysisPool:
             # Cancelling the wait (the request's task cancelled, the client gone, the drain
             # deadline) drops a queued analysis; a running one finishes in its thread and its
             # result is discarded.
-            waiter = asyncio.ensure_future(self._in_pool(function, args, kwargs))
+            stop = threading.Event()
+            waiter = asyncio.ensure_future(self._in_pool(function, args, kwargs, stop))
             self._waiting.add(waiter)
+            self._stops[waiter] = stop
             if disconnected is not None:
                 disconnected.add_done_callback(
                     lambda gone: None if gone.cancelled() else self._end(waiter, ClientGone())
@@ -187,6 +193,7 @@ class AnalysisPool:
             try:
                 return await waiter
             except asyncio.CancelledError:
+                stop.set()  # whoever cancelled, nobody reads this analysis any more
                 ended = self._ended.pop(waiter, None)
                 if ended is None:
                     raise
@@ -196,10 +203,14 @@ class AnalysisPool:
             if waiter is not None:
                 self._waiting.discard(waiter)
                 self._ended.pop(waiter, None)
+                self._stops.pop(waiter, None)
 
     def _end(self, waiter: asyncio.Future, error: HeadscopeError) -> None:
         if not waiter.done():
             self._ended[waiter] = error
+            stop = self._stops.get(waiter)
+            if stop is not None:
+                stop.set()
             waiter.cancel()
 
     def begin_drain(self) -> None:
@@ -218,12 +229,16 @@ class AnalysisPool:
             )
 
     async def _in_pool(
-        self, function: Callable[..., T | Awaiting[T]], args: tuple, kwargs: dict
+        self,
+        function: Callable[..., T | Awaiting[T]],
+        args: tuple,
+        kwargs: dict,
+        stop: threading.Event | None = None,
     ) -> T:
         """`function` in a pool thread; an Awaiting it returns is waited for here, on the event
         loop with no thread held, and the rest of the analysis then runs in the pool."""
         result = await asyncio.wrap_future(
-            self._executor.submit(self._run_then_trim, function, args, kwargs)
+            self._executor.submit(self._run_then_trim, function, args, kwargs, stop)
         )
         while isinstance(result, Awaiting):
             answer = await asyncio.wrap_future(result.future)
@@ -233,15 +248,22 @@ class AnalysisPool:
                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)},
                 )
             result = await asyncio.wrap_future(
-                self._executor.submit(self._run_then_trim, result.then, (answer,), {})
+                self._executor.submit(self._run_then_trim, result.then, (answer,), {}, stop)
             )
         return result
 
-    def _run_then_trim(self, function: Callable[..., T], args: tuple, kwargs: dict) -> T:
+    def _run_then_trim(
+        self,
+        function: Callable[..., T],
+        args: tuple,
+        kwargs: dict,
+        stop: threading.Event | None = None,
+    ) -> T:
         # In the worker thread, after the analysis: its memory is free by now, and the trim
         # never holds up the event loop.
         try:
-            return function(*args, **kwargs)
+            with stoppable(stop or threading.Event()):
+                return function(*args, **kwargs)
         finally:
             self.heap_trimmer.trim_if_due()
 

@@ -39,6 +39,7 @@ from headscope.model.backends.native import AttentionKernel, NativeBackend
 from headscope.model.backends.reference import ReferenceBackend
 from headscope.model.backends.torch_fast import TorchBackend
 from headscope.model.loading import ModelConfig
+from headscope.model.stopping import AnalysisStopped, stop_signal
 
 __all__ = ["ACTIVATIONS", "AnalysisEngine", "EngineOutput", "Geometry"]
 
@@ -168,15 +169,21 @@ class AnalysisEngine:
             contributions=contributions,
         )
         chosen = self.backend_for(request, backend)
+        stop = stop_signal()  # read here: the part threads below do not share this context
         with torch.inference_mode():
             batch, length = input_ids.shape
             parts = chosen.parts(batch, length, request)
             if parts > 1:
-                return self._run_in_parts(chosen, input_ids, request, parts)
-            return self._forward(chosen, input_ids, request)
+                return self._run_in_parts(chosen, input_ids, request, parts, stop)
+            return self._forward(chosen, input_ids, request, stop=stop)
 
     def _run_in_parts(
-        self, backend: Backend, input_ids: Tensor, request: ForwardRequest, parts: int
+        self,
+        backend: Backend,
+        input_ids: Tensor,
+        request: ForwardRequest,
+        parts: int,
+        stop: threading.Event | None,
     ) -> EngineOutput:
         """The batch in `parts` contiguous shares, each a one-thread pass on its own thread,
         writing into shared buffers (activity and all patterns only)."""
@@ -199,6 +206,7 @@ class AnalysisEngine:
                     input_ids[first:end],
                     request,
                     one_thread=True,
+                    stop=stop,
                     activity=activity[:, first:end],
                     pattern_store=None if pattern_store is None else pattern_store[:, first:end],
                 )
@@ -229,11 +237,13 @@ class AnalysisEngine:
         request: ForwardRequest,
         *,
         one_thread: bool = False,
+        stop: threading.Event | None = None,
         activity: Tensor | None = None,
         pattern_store: Tensor | None = None,
     ) -> EngineOutput:
-        """The layer loop. `activity` and `pattern_store` ([layer, batch, ...] views of a larger
-        batch's buffers) receive the results when given."""
+        """The layer loop, which ends early with AnalysisStopped once `stop` is set.
+        `activity` and `pattern_store` ([layer, batch, ...] views of a larger batch's buffers)
+        receive the results when given."""
         g = self.geometry
         batch, length = input_ids.shape
         n_layers = request.last_layer + 1
@@ -248,6 +258,8 @@ class AnalysisEngine:
 
         layers = backend.start(hidden, request, one_thread=one_thread)
         for layer in range(n_layers):
+            if stop is not None and stop.is_set():
+                raise AnalysisStopped(f"stopped before L{layer}: nobody waits for the answer")
             pattern_heads = request.pattern_heads(layer, g.n_heads)
             patterns = pattern_store[layer] if pattern_store is not None else None
             if patterns is None and pattern_heads:
