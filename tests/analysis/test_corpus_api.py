@@ -315,3 +315,30 @@ def test_no_corpus_is_503_but_texts_still_work(api):
     assert_error(api.post("/v1/corpus/quotes", json={"n_sequences": 10**6}), 422, "invalid_request")
     response = api.post("/v1/corpus/activity-by-tag", json={"tag": "NN", "texts": TEXTS[:1]})
     assert response.status_code == 200, response.text
+
+
+def test_corpus_sequence_is_the_seeded_draw_of_one(corpus_api, api):
+    from headscope.analysis.corpus_text import read_corpus
+    from tests.helpers import CORPUS
+
+    corpus = read_corpus(CORPUS)
+    first = corpus_api.get("/v1/corpus/sequence", params={"seed": 5})
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert corpus_api.get("/v1/corpus/sequence", params={"seed": 5}).json() == body
+    assert body["seed"] == 5 and body["corpus"] == CORPUS.name and "/" not in body["corpus"]
+    assert body["corpus_sha256"] == corpus.sha256
+    # A sample sequence is within max_tokens, so it comes back whole.
+    assert not body["truncated"] and body["text"] == corpus.sequences[body["index"]]
+    # The same draw a corpus analysis of one sequence with this seed makes.
+    analysed = corpus_api.post(
+        "/v1/corpus/activity-by-tag", json={"tag": "NN", "n_sequences": 1, "seed": 5}
+    ).json()["source"]
+    assert analysed["indices"] == [body["index"]]
+    other = corpus_api.get("/v1/corpus/sequence", params={"seed": 6}).json()
+    assert other["index"] != body["index"]
+
+    assert_error(corpus_api.get("/v1/corpus/sequence", params={"seed": "x"}), 422)
+    assert_error(corpus_api.get("/v1/corpus/sequence", params={"seed": -1}), 422)
+    error = assert_error(api.get("/v1/corpus/sequence"), 503, "corpus_unavailable")
+    assert "corpus" in error["message"].lower()

@@ -236,6 +236,29 @@ def test_an_api_error_is_shown_not_swallowed(new_page, viewer_server):
     assert "error" in page.get_attribute("#status", "class")
 
 
+def test_draw_a_story_puts_the_next_seeds_sequence_in_the_text_box(new_page, viewer_server):
+    def story(seed: int) -> str:
+        response = httpx.get(f"{viewer_server}/v1/corpus/sequence", params={"seed": seed})
+        response.raise_for_status()
+        return response.json()["text"]
+
+    page = open_viewer(new_page, viewer_server)
+    page.click("#draw-story")
+    settle(page)
+    assert page.input_value("#text") == story(0)
+    assert "seed=0" in page.url
+    # The drawn story was analysed: one token strip cell per token the API gives.
+    tokens = post(viewer_server, "/v1/tag", {"text": story(0)})["tokens"]
+    assert page.locator("#tokens-pos .tok").count() == len(tokens)
+
+    # The seed is in the permalink: a restored page draws the seed after it.
+    restored = open_url(new_page, page.url)
+    restored.click("#draw-story")
+    settle(restored)
+    assert restored.input_value("#text") == story(1) != story(0)
+    assert "seed=1" in restored.url
+
+
 def test_corpus_confidence_intervals_are_drawn_when_the_api_gives_them(
     new_page, viewer_server, screenshots
 ):

@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
@@ -46,6 +47,8 @@ from headscope.schemas import (
     AttentionByTagIntervals,
     AttentionByTagRequest,
     AttentionByTagResponse,
+    CorpusSequenceQuery,
+    CorpusSequenceResponse,
     CorpusSource,
     CorpusSourceRequest,
     GridInterval,
@@ -294,6 +297,30 @@ class CorpusAnalysis:
         offsets = offsets[:limit]
         return Encoded(text[: offsets[-1][1]], ids[:limit], offsets), True
 
+    def draw(self, seed: int, count: int) -> tuple[Corpus, list[int]]:
+        """The corpus and the indices of `count` sequences drawn from it with `seed`."""
+        corpus = self.corpus()
+        if count > len(corpus.sequences):
+            raise InvalidRequest(
+                f"n_sequences {count} is more than the corpus's {len(corpus.sequences)} sequences",
+                detail={"n_sequences": count, "corpus_sequences": len(corpus.sequences)},
+            )
+        return corpus, random.Random(seed).sample(range(len(corpus.sequences)), count)
+
+    def sequence(self, query: CorpusSequenceQuery) -> CorpusSequenceResponse:
+        """One sequence drawn from the corpus: the one a draw of one with this seed analyses."""
+        corpus, (index,) = self.draw(query.seed, 1)
+        encoded, truncated = self._encode_truncated(corpus.sequences[index])
+        return CorpusSequenceResponse(
+            text=encoded.text,
+            index=index,
+            truncated=truncated,
+            seed=query.seed,
+            # The name only: the server's folders are none of the client's business.
+            corpus=Path(corpus.source).name,
+            corpus_sha256=corpus.sha256,
+        )
+
     def sequences(self, request: CorpusSourceRequest) -> Sequences:
         self.check_size(request)
         if request.texts is not None:
@@ -311,13 +338,7 @@ class CorpusAnalysis:
             return Sequences(encoded, source)
 
         count = request.n_sequences or DEFAULT_N_SEQUENCES
-        corpus = self.corpus()
-        if count > len(corpus.sequences):
-            raise InvalidRequest(
-                f"n_sequences {count} is more than the corpus's {len(corpus.sequences)} sequences",
-                detail={"n_sequences": count, "corpus_sequences": len(corpus.sequences)},
-            )
-        indices = random.Random(request.seed).sample(range(len(corpus.sequences)), count)
+        corpus, indices = self.draw(request.seed, count)
         encoded, truncated = [], 0
         for index in indices:
             sequence, was_cut = self._encode_truncated(corpus.sequences[index])

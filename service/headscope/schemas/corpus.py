@@ -20,6 +20,8 @@ __all__ = [
     "AttentionByTagRequest",
     "AttentionByTagResponse",
     "AttentionFigureQuery",
+    "CorpusSequenceQuery",
+    "CorpusSequenceResponse",
     "CorpusSource",
     "CorpusSourceRequest",
     "DEFAULT_N_SEQUENCES",
@@ -374,6 +376,31 @@ class HeadRankQuery(RequestModel):
     )
 
     _names_are_valid = field_validator("tag", "vector")(_valid_unicode)
+
+
+class CorpusSequenceQuery(RequestModel):
+    seed: int = Field(
+        default=0,
+        ge=0,
+        description="Seed of the draw: the sequence is the one a corpus analysis with this seed "
+        "and `n_sequences` 1 analyses.",
+        examples=[7],
+    )
+
+
+class CorpusSequenceResponse(BaseModel):
+    text: str = Field(
+        description="The drawn sequence, cut to its first `max_tokens` tokens when longer."
+    )
+    index: int = Field(
+        description="Its index in the corpus (sequences split at blank lines or <|endoftext|>)."
+    )
+    truncated: bool = Field(description="Whether the sequence was cut to `max_tokens` tokens.")
+    seed: int = Field(description="Seed of the draw.")
+    corpus: str = Field(
+        description="The corpus file's name, without its folder (e.g. `validation.txt`)."
+    )
+    corpus_sha256: str = Field(description="sha256 of the corpus file's bytes.")
 
 
 class HeadId(BaseModel):

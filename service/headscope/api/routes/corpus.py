@@ -1,4 +1,5 @@
-"""Analyses over many sequences: attention by tag, activity by tag, quotations, head ranking."""
+"""Analyses over many sequences: attention by tag, activity by tag, quotations, head ranking;
+and one sequence drawn from the corpus."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from headscope.schemas import (
     ActivityByTagResponse,
     AttentionByTagRequest,
     AttentionByTagResponse,
+    CorpusSequenceQuery,
+    CorpusSequenceResponse,
     HeadRankQuery,
     HeadRankResponse,
     QuotesRequest,
@@ -65,6 +68,14 @@ async def quotes(
     result, hit = await pool.run(analysis.quotes_cached, request)
     response.headers[CACHE_HEADER] = "hit" if hit else "miss"
     return result
+
+
+@router.get("/corpus/sequence", response_model=CorpusSequenceResponse)
+async def corpus_sequence(
+    query: Annotated[CorpusSequenceQuery, Query()], analysis: CorpusAnalysisDep, pool: PoolDep
+) -> CorpusSequenceResponse:
+    """One sequence drawn from the server's corpus by seed: a story to look at."""
+    return await pool.run(analysis.sequence, query)
 
 
 @router.get("/heads/rank", response_model=HeadRankResponse, tags=["heads"])

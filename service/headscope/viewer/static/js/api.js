@@ -123,6 +123,7 @@ export const api = {
   probeRun: () => getJSON("/v1/probes"),
   // Tags and every head's activity, float32 exactly as the engine computed them.
   analyze: (text) => postTensors("/v1/analyze", { text }),
+  corpusSequence: (seed) => getJSON(`/v1/corpus/sequence?${new URLSearchParams({ seed })}`),
   quotes: (text) => postJSON("/v1/corpus/quotes", { texts: [text] }),
   // One head's whole pattern, float32 as the engine computed it (safetensors: no decimal text).
   attentionPattern: (text, layer, head) => postTensors("/v1/attention", { text, layer, head }),

@@ -698,6 +698,24 @@ function askForKey(reason) {
   });
 }
 
+// The next seed's sequence from the server's corpus becomes the text; the seed goes into the
+// permalink, so the next click (here or on a restored link) draws a story not yet seen.
+async function drawStory() {
+  const seed = state.storySeed === null ? 0 : state.storySeed + 1;
+  setStatus("Drawing a story…");
+  let story;
+  try {
+    story = await api.corpusSequence(seed);
+  } catch (error) {
+    reportError(error);
+    return;
+  }
+  state.storySeed = seed;
+  saveState();
+  $("text").value = story.text;
+  await runAnalysis();
+}
+
 // -- start --------------------------------------------------------------------------------------
 
 function applyStateToControls() {
@@ -727,6 +745,7 @@ function clampSelection() {
 
 function bindControls() {
   $("analyze").onclick = tracked(runAnalysis);
+  $("draw-story").onclick = tracked(drawStory);
   $("text").onkeydown = (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) tracked(runAnalysis)();
   };

@@ -19,6 +19,7 @@ export const DEFAULTS = Object.freeze({
   direction: "from",
   position: "on",
   sequences: 20,
+  storySeed: null,
 });
 
 // URL parameter name -> state field, and how to read it back.
@@ -39,6 +40,7 @@ const FIELDS = {
   dir: ["direction", String],
   pos: ["position", String],
   n: ["sequences", Number],
+  seed: ["storySeed", (value) => (value === "" ? null : Number(value))],
 };
 
 export function stateFromHash(hash) {
