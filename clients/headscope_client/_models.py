@@ -358,7 +358,17 @@ def _extras_by_row(rows: Sequence[BaseModel]) -> list[dict[str, Any]]:
 def _attach_extras(frame: pd.DataFrame, result: BaseModel, shape: tuple[int, ...] = ()) -> None:
     """Extra top-level fields: intervals and grids of `shape` as columns, the rest as attrs."""
     numpy = _numpy()
-    for name, value in (result.model_extra or {}).items():
+    extras = dict(result.model_extra or {})
+    if getattr(result, "warning", None) is not None:
+        frame.attrs["warning"] = result.warning  # type: ignore[attr-defined]
+    declared_ci = getattr(result, "ci", None)
+    if isinstance(declared_ci, BaseModel) and shape:
+        # The server's own intervals: each per-head interval as two columns; the rest (level,
+        # resamples, method) in frame.attrs["ci"].
+        intervals = declared_ci.model_dump()
+        frame.attrs["ci"] = {k: v for k, v in intervals.items() if _bounds(v) is None}
+        extras["ci"] = {k: v for k, v in intervals.items() if _bounds(v) is not None}
+    for name, value in extras.items():
         columns = _intervals(name, value) if shape else None
         if columns is not None:
             for column, grid in columns.items():
