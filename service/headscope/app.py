@@ -17,6 +17,7 @@ from headscope import __version__
 from headscope.analysis.pool import AnalysisPool, HeapTrimmer, WriteBacklog
 from headscope.api.deps import bearer_scheme
 from headscope.api.guards import install_middleware
+from headscope.api.lean import LeanRoutes
 from headscope.api.responses import response_for
 from headscope.api.routes import analysis, corpus, figures, health, model, probes
 from headscope.errors import HeadscopeError
@@ -104,6 +105,8 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
     documented_auth = [Depends(bearer_scheme)]
     for router in (model.router, analysis.router, corpus.router, figures.router, probes.router):
         app.include_router(router, dependencies=documented_auth)
+    # Innermost of the middleware, so every guard acts first.
+    app.add_middleware(LeanRoutes, routes=analysis.LEAN_ROUTES)
     install_middleware(app, settings)
     install_viewer(app)
     return app

@@ -10,7 +10,7 @@ from fastapi import Depends, Request
 from fastapi.security import HTTPBearer
 from starlette.types import Receive
 
-from headscope.analysis.pool import AnalysisPool
+from headscope.analysis.pool import AnalysisPool, Awaiting
 from headscope.analysis.service import Runtime
 from headscope.errors import NotReady
 
@@ -49,7 +49,7 @@ class RequestPool:
         self.pool = pool
         self.receive = receive
 
-    async def run(self, function: Callable[..., T], *args, **kwargs) -> T:
+    async def run(self, function: Callable[..., T | Awaiting[T]], *args, **kwargs) -> T:
         gone = asyncio.ensure_future(_disconnect(self.receive))
         try:
             return await self.pool.run(function, *args, disconnected=gone, **kwargs)

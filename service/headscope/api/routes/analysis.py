@@ -13,7 +13,8 @@ from fastapi import APIRouter, Request, Response
 
 from headscope.analysis.service import Runtime
 from headscope.api.costs import check_response_size
-from headscope.api.deps import PoolDep, RuntimeDep
+from headscope.api.deps import PoolDep, RequestPool, RuntimeDep
+from headscope.api.lean import LeanRoute
 from headscope.encoding import JSON, NPY, SAFETENSORS, negotiate
 from headscope.schemas import (
     ActivityRequest,
@@ -26,6 +27,7 @@ from headscope.schemas import (
     TagRequest,
     TagResponse,
 )
+from headscope.settings import Settings
 
 router = APIRouter(prefix="/v1", tags=["analysis"])
 
@@ -57,7 +59,7 @@ async def tag(request: TagRequest, runtime: RuntimeDep, pool: PoolDep) -> Respon
 
 
 def response_size(
-    http: Request, runtime: Runtime, request, media_type: str, per_token: int, per_pair: int
+    settings: Settings, runtime: Runtime, request, media_type: str, per_token: int, per_pair: int
 ) -> None:
     """413 before any work when the response would be over `max_response_bytes`."""
     check_response_size(
@@ -68,8 +70,28 @@ def response_size(
         dtype=request.dtype,
         decimals=request.decimals,
         max_tokens=runtime.max_tokens,
-        max_response_bytes=http.app.state.settings.max_response_bytes,
+        max_response_bytes=settings.max_response_bytes,
     )
+
+
+async def activity_answer(
+    settings: Settings,
+    runtime: Runtime,
+    pool: RequestPool,
+    request: ActivityRequest,
+    accept: str | None,
+) -> tuple[bytes, str]:
+    """The encoded activity and its media type (the route's work, shared with the lean path)."""
+    media_type = negotiate(accept, has_single_array=True)
+    g = runtime.geometry
+    # Distinct entries (the schema's rule) that exist in the model: at most its geometry.
+    layers = min(len(request.layers), g.n_layers) if request.layers is not None else g.n_layers
+    heads = min(len(request.heads), g.n_heads) if request.heads is not None else g.n_heads
+    response_size(settings, runtime, request, media_type, layers * heads, 0)
+    body = await pool.run(
+        runtime.encoded, runtime.activity_payload, request, media_type, "activity"
+    )
+    return body, media_type
 
 
 @router.post(
@@ -79,14 +101,8 @@ async def activity(
     request: ActivityRequest, runtime: RuntimeDep, pool: PoolDep, http: Request
 ) -> Response:
     """Activity (L2 norm of the head's residual contribution) per layer, head and token."""
-    media_type = negotiate(http.headers.get("accept"), has_single_array=True)
-    g = runtime.geometry
-    # Distinct entries (the schema's rule) that exist in the model: at most its geometry.
-    layers = min(len(request.layers), g.n_layers) if request.layers is not None else g.n_layers
-    heads = min(len(request.heads), g.n_heads) if request.heads is not None else g.n_heads
-    response_size(http, runtime, request, media_type, layers * heads, 0)
-    body = await pool.run(
-        runtime.encoded, runtime.activity_payload, request, media_type, "activity"
+    body, media_type = await activity_answer(
+        http.app.state.settings, runtime, pool, request, http.headers.get("accept")
     )
     return Response(body, media_type=media_type)
 
@@ -100,11 +116,30 @@ async def attention(
     """Attention pattern of one head: all query rows, or one row."""
     media_type = negotiate(http.headers.get("accept"), has_single_array=True)
     one_row = request.query is not None
-    response_size(http, runtime, request, media_type, int(one_row), int(not one_row))
+    response_size(
+        http.app.state.settings, runtime, request, media_type, int(one_row), int(not one_row)
+    )
     body = await pool.run(
         runtime.encoded, runtime.attention_payload, request, media_type, "pattern"
     )
     return Response(body, media_type=media_type)
+
+
+async def analyze_answer(
+    settings: Settings,
+    runtime: Runtime,
+    pool: RequestPool,
+    request: AnalyzeRequest,
+    accept: str | None,
+) -> tuple[bytes, str]:
+    """The encoded analysis and its media type (the route's work, shared with the lean path)."""
+    media_type = negotiate(accept, has_single_array=False)
+    g = runtime.geometry
+    heads = g.n_layers * g.n_heads
+    response_size(settings, runtime, request, media_type, heads, min(len(request.patterns), heads))
+    runtime.prefetch_tags(request.text)
+    body = await pool.run(runtime.encoded, runtime.analyze_payload, request, media_type)
+    return body, media_type
 
 
 @router.post("/analyze", response_model=AnalyzeResponse, responses=binary_responses(SAFETENSORS))
@@ -112,10 +147,15 @@ async def analyze(
     request: AnalyzeRequest, runtime: RuntimeDep, pool: PoolDep, http: Request
 ) -> Response:
     """Tags, every head's activity and chosen heads' patterns in one call, for a viewer."""
-    media_type = negotiate(http.headers.get("accept"), has_single_array=False)
-    g = runtime.geometry
-    heads = g.n_layers * g.n_heads
-    response_size(http, runtime, request, media_type, heads, min(len(request.patterns), heads))
-    runtime.prefetch_tags(request.text)
-    body = await pool.run(runtime.encoded, runtime.analyze_payload, request, media_type)
+    body, media_type = await analyze_answer(
+        http.app.state.settings, runtime, pool, request, http.headers.get("accept")
+    )
     return Response(body, media_type=media_type)
+
+
+# The busiest routes, also answered by the lean path (headscope.api.lean, wired in by app.py):
+# path -> (request model, answer function).
+LEAN_ROUTES: dict[str, LeanRoute] = {
+    "/v1/activity": (ActivityRequest, activity_answer),
+    "/v1/analyze": (AnalyzeRequest, analyze_answer),
+}
