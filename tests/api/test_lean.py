@@ -75,8 +75,6 @@ def test_an_unexpected_error_is_a_500_envelope_not_a_replay(api, runtime, monkey
 
 
 def test_a_format_not_offered_is_406_from_the_lean_path(api):
-    response = api.post(
-        "/v1/analyze", json={"text": TEXT}, headers={"accept": "application/x-npy"}
-    )
+    response = api.post("/v1/analyze", json={"text": TEXT}, headers={"accept": "application/x-npy"})
     assert response.status_code == 406
     assert response.json()["error"]["code"]
