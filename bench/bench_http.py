@@ -342,9 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ],
         )
     )
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2, default=str)
+    common.write_json(args.json, results)
     return results
 
 
