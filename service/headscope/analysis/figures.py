@@ -17,11 +17,12 @@ from __future__ import annotations
 import io
 import unicodedata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from headscope.analysis.corpus import CorpusAnalysis
 from headscope.analysis.service import Runtime
@@ -679,42 +680,50 @@ class Figures:
         )
 
     def attention_by_tag(self, query: AttentionByTagFigureQuery) -> bytes:
-        request = AttentionByTagRequest(**_fields_of(query, AttentionByTagRequest))
-        result = self.analysis.attention_by_tag(request)
-        return attention_by_tag_png(
-            result,
-            top=query.top,
-            width=query.width,
-            height=query.height or DEFAULT_CHART_HEIGHT,
-            model=self.model,
+        return self._corpus_chart(
+            query, AttentionByTagRequest, self.analysis.attention_by_tag, attention_by_tag_png
         )
 
     def activity_by_tag(self, query: ActivityByTagFigureQuery) -> bytes:
-        if query.layer is not None:
-            self.runtime.check_layer(query.layer)
-        request = ActivityByTagRequest(**_fields_of(query, ActivityByTagRequest))
-        result = self.analysis.activity_by_tag(request)
-        return activity_by_tag_png(
-            result,
-            layer=query.layer,
-            top=query.top,
-            width=query.width,
-            height=query.height or DEFAULT_CHART_HEIGHT,
-            model=self.model,
+        layer = self._checked_layer(query.layer)
+        return self._corpus_chart(
+            query,
+            ActivityByTagRequest,
+            self.analysis.activity_by_tag,
+            activity_by_tag_png,
+            layer=layer,
         )
 
     def quotes(self, query: QuotesFigureQuery) -> bytes:
-        if query.layer is not None:
-            self.runtime.check_layer(query.layer)
-        request = QuotesRequest(**_fields_of(query, QuotesRequest))
-        result = self.analysis.quotes(request)
-        return quotes_png(
+        layer = self._checked_layer(query.layer)
+        return self._corpus_chart(
+            query, QuotesRequest, self.analysis.quotes, quotes_png, layer=layer
+        )
+
+    def _checked_layer(self, layer: int | None) -> int | None:
+        """The one layer a chart is limited to (None: all), checked before any work."""
+        if layer is not None:
+            self.runtime.check_layer(layer)
+        return layer
+
+    def _corpus_chart(
+        self,
+        query: AttentionByTagFigureQuery | ActivityByTagFigureQuery | QuotesFigureQuery,
+        request_type: type[BaseModel],
+        analyse: Callable[[Any], Any],
+        draw: Callable[..., bytes],
+        **chart_options: Any,
+    ) -> bytes:
+        """The corpus analysis `query` asks for (its fields that `request_type` has), drawn by
+        `draw` at the query's size."""
+        result = analyse(request_type(**_fields_of(query, request_type)))
+        return draw(
             result,
-            layer=query.layer,
             top=query.top,
             width=query.width,
             height=query.height or DEFAULT_CHART_HEIGHT,
             model=self.model,
+            **chart_options,
         )
 
 
