@@ -8,9 +8,13 @@ import subprocess
 import threading
 from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from headscope import launcher
 from headscope.launcher import free_port, wait_until_ready
+
+if TYPE_CHECKING:
+    import uvicorn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HEADSCOPE_SHARED", REPO.parent / "shared")).resolve()
@@ -39,20 +43,29 @@ def make_random_model_dir(target: Path, seed: int = 0) -> Path:
 
 
 class ServerThread:
-    """A real uvicorn server on 127.0.0.1 (free port) running an app in a background thread."""
+    """A real uvicorn server running an app in a background thread: on 127.0.0.1, a free port,
+    with uvicorn's defaults and `options`, or as a ready-made `config` says."""
 
-    def __init__(self, app, **config) -> None:
+    def __init__(
+        self, app, config: uvicorn.Config | None = None, stop_timeout: float = 10.0, **options
+    ) -> None:
         import uvicorn
 
-        self.config = uvicorn.Config(
-            app, host="127.0.0.1", port=free_port(), log_level="warning", **config
+        self.app = app
+        self.config = config or uvicorn.Config(
+            app, host="127.0.0.1", port=free_port(), log_level="warning", **options
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.stop_timeout = stop_timeout
+
+    @property
+    def port(self) -> int:
+        return self.config.port
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
@@ -61,7 +74,7 @@ class ServerThread:
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=self.stop_timeout)
 
 
 def server_env(**extra: str) -> dict[str, str]:
