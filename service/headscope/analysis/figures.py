@@ -410,6 +410,24 @@ def _chart_note(axes, text: str) -> None:
     axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, color="#555555")
 
 
+def _ratio_bars(
+    axes,
+    positions: np.ndarray,
+    values: np.ndarray,
+    errors: np.ndarray | None,
+    ratios: np.ndarray,
+    *,
+    width: float,
+    label: str,
+) -> None:
+    """The measured bars (with their intervals), each labelled ×ratio (to its baseline) above
+    its bar or interval."""
+    axes.bar(positions, values, width, color=AT_COLOR, label=label, yerr=errors, capsize=2)
+    tops = values if errors is None else values + errors[1]
+    for x, top, ratio in zip(positions, tops, ratios, strict=True):
+        axes.text(float(x), top, f"×{ratio:.2f}", ha="center", va="bottom", fontsize=8)
+
+
 def attention_by_tag_png(
     result: AttentionByTagResponse, *, top: int, width: int, height: int, model: str
 ) -> bytes:
@@ -490,23 +508,15 @@ def activity_by_tag_png(
     bar = 0.4
     if at is not None:
         low, high = _flat_bounds(result.ci.mean_at_position if result.ci else None, chosen)
-        errors = _error_bars(at, low, high)
-        axes.bar(
+        _ratio_bars(
+            axes,
             positions - bar / 2,
             at,
-            bar,
-            color=AT_COLOR,
+            _error_bars(at, low, high),
+            np.asarray(result.lift).ravel()[chosen],
+            width=bar,
             label=f"{result.position} {result.tag}" + (" (95% CI)" if low is not None else ""),
-            yerr=errors,
-            capsize=2,
         )
-        tops = at if errors is None else at + errors[1]  # labels above the interval
-        for x, value, ratio in zip(
-            positions, tops, np.asarray(result.lift).ravel()[chosen], strict=True
-        ):
-            axes.text(
-                float(x) - bar / 2, value, f"×{ratio:.2f}", ha="center", va="bottom", fontsize=8
-            )
     axes.bar(
         positions + bar / 2, overall.ravel()[chosen], bar, color=BASELINE_COLOR, label="all tokens"
     )
@@ -541,17 +551,15 @@ def quotes_png(
     outside = np.asarray(result.mean_outside).ravel()[chosen]
     ci = result.ci
     low, high = _flat_bounds(ci.mean_inside if ci else None, chosen)
-    errors = _error_bars(inside, low, high)
-    activity_axes.bar(
+    _ratio_bars(
+        activity_axes,
         positions - bar / 2,
         inside,
-        bar,
-        color=AT_COLOR,
+        _error_bars(inside, low, high),
+        ratio.ravel()[chosen],
+        width=bar,
         label="inside quotes" + (" (95% CI)" if ci else ""),
-        yerr=errors,
-        capsize=2,
     )
-    tops = inside if errors is None else inside + errors[1]  # labels above the interval
     low, high = _flat_bounds(ci.mean_outside if ci else None, chosen)
     activity_axes.bar(
         positions + bar / 2,
@@ -562,10 +570,6 @@ def quotes_png(
         yerr=_error_bars(outside, low, high),
         capsize=2,
     )
-    for x, value, r in zip(positions, tops, ratio.ravel()[chosen], strict=True):
-        activity_axes.text(
-            float(x) - bar / 2, value, f"×{r:.2f}", ha="center", va="bottom", fontsize=8
-        )
     activity_axes.set_ylabel("mean activity")
     activity_axes.margins(y=0.15)  # room for the ratio labels
     activity_axes.legend(frameon=False)
