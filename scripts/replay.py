@@ -67,7 +67,7 @@ from pathlib import Path
 
 import httpx
 
-from headscope.launcher import HOST, ServerExited, serve_process
+from headscope.launcher import HOST, serve_process, start_or_exit
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HEADSCOPE_SHARED", REPO.parent / "shared")).resolve()
@@ -677,12 +677,7 @@ def running_server(probes: Path, log_path: Path) -> Iterator[str]:
             ready_timeout=180,
             stop_timeout=30,
         )
-        try:
-            base_url, _ = stack.enter_context(server)
-        except ServerExited as exited:
-            sys.exit(f"server exited with {exited.returncode}; log: {log_path}")
-        except TimeoutError:
-            sys.exit(f"server not ready after 180 s; log: {log_path}")
+        base_url, _ = start_or_exit(stack, server, f"server log {log_path}")
         yield base_url
 
 

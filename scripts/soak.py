@@ -30,7 +30,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 import psutil
 
-from headscope.launcher import ServerExited, serve_process
+from headscope.launcher import serve_process, start_or_exit
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 STORY = (
@@ -198,12 +198,7 @@ def server_to_soak(
         poll_interval=0.2,
         stop_timeout=60,
     )
-    try:
-        url, process = stack.enter_context(server)
-    except ServerExited as exited:
-        sys.exit(f"soak: the server exited at startup:\n{exited.output}")
-    except TimeoutError:
-        sys.exit("soak: the server was not ready after 300 s")
+    url, process = start_or_exit(stack, server, "soak")
     return url, process.pid
 
 

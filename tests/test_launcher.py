@@ -3,12 +3,13 @@ The happy path is every test that starts `headscope serve` (tests/system, tests/
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import psutil
 import pytest
 
-from headscope.launcher import ServerExited, serve_process
+from headscope.launcher import ServerExited, serve_process, start_or_exit
 
 # Stand-ins for `headscope serve` that can never become ready (they ignore the serve arguments
 # appended to them), so neither test depends on how fast a real server starts.
@@ -33,3 +34,11 @@ def test_a_server_not_ready_in_time_is_stopped_before_the_error():
     with pytest.raises(TimeoutError), serve_process(command=NEVER_LISTENS, ready_timeout=0.5):
         pytest.fail("a process that never listened was taken for a ready server")
     assert children() <= before
+
+
+def test_a_script_whose_server_fails_to_start_exits_saying_why():
+    with contextlib.ExitStack() as stack, pytest.raises(SystemExit) as caught:
+        start_or_exit(stack, serve_process(command=EXITS_AT_ONCE), "soak")
+    message = str(caught.value.code)
+    assert message.startswith("soak: `headscope serve` exited with code 3"), message
+    assert "no model in /nowhere" in message

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import IO, TYPE_CHECKING, Any
 
 import httpx
@@ -117,6 +117,19 @@ def serve_process(
         yield base_url, process
     finally:
         stop(process, stop_timeout)
+
+
+def start_or_exit(
+    stack: contextlib.ExitStack,
+    server: AbstractContextManager[tuple[str, subprocess.Popen]],
+    context: str,
+) -> tuple[str, subprocess.Popen]:
+    """For scripts: enter `server` (a `serve_process`) on `stack`; a start that fails ends the
+    script with `context` and the reason instead of a traceback."""
+    try:
+        return stack.enter_context(server)
+    except (ServerExited, TimeoutError) as error:
+        sys.exit(f"{context}: {error}")
 
 
 def total_rss(process: psutil.Process) -> int:
