@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import time
 from collections.abc import Callable, Sequence
 
@@ -219,9 +218,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
         )
     )
     results = {"all_patterns": pattern_rows, "batches": batch_rows, **extra}
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2, default=str)
+    common.write_json(args.json, results)
     return results
 
 

@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -31,6 +29,8 @@ from contextlib import contextmanager
 import common
 import httpx
 import psutil
+
+from headscope.launcher import serve_process, total_rss
 
 CLIENTS = (1, 8, 32)
 # Requests per (length, clients): enough for a p99 that means something at 128 tokens, while
@@ -41,75 +41,21 @@ REQUESTS = {128: {1: 200, 8: 400, 32: 640}, 512: {1: 40, 8: 96, 32: 128}}
 HTTPX_REQUESTS = {1: 80, 8: 160}
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @contextmanager
 def server(extra_args: Sequence[str] = (), env: dict[str, str] | None = None):
     """`headscope serve` on a free loopback port; yields (base_url, psutil.Process, startup s)."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "headscope.cli",
-        "serve",
-        "--model",
-        str(common.STANDIN_DIR),
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--corpus",
-        str(common.CORPUS),
-        "--allow-missing-probes",
-        "--log-level",
-        "warning",
-        *extra_args,
-    ]
-    base_url = f"http://127.0.0.1:{port}"
     started = time.perf_counter()
-    process = subprocess.Popen(
-        command,
+    with serve_process(
+        *("--model", str(common.STANDIN_DIR), "--corpus", str(common.CORPUS)),
+        *("--allow-missing-probes", "--log-level", "warning", *extra_args),
         env={**os.environ, **(env or {})},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        deadline = started + 120
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"server exited: {process.stderr.read()[-2000:]}")
-            try:
-                if httpx.get(f"{base_url}/readyz", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.perf_counter() > deadline:
-                raise TimeoutError("server not ready after 120 s")
-            time.sleep(0.02)
+        ready_timeout=120,
+        poll_interval=0.02,
+        stop_timeout=20,
+    ) as (base_url, process):
         yield base_url, psutil.Process(process.pid), time.perf_counter() - started
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-
-def total_rss(process: psutil.Process) -> int:
-    """Bytes resident in the server and its children (the tagger process), added up: an upper
-    bound, since pages they share (libraries) count twice."""
-    total = process.memory_info().rss
-    for child in process.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            total += child.memory_info().rss
-    return total
 
 
 class RssSampler:
@@ -396,9 +342,7 @@ def main(argv: Sequence[str] | None = None) -> dict:
             ],
         )
     )
-    if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(results, handle, indent=2, default=str)
+    common.write_json(args.json, results)
     return results
 
 

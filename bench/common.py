@@ -7,6 +7,7 @@ TinyStories validation sample).
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import statistics
@@ -106,6 +107,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(value) for value in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def write_json(path: str | None, results: object) -> None:
+    """`results` as indented JSON to `path` (a benchmark's --json), when one is given."""
+    if path:
+        Path(path).write_text(json.dumps(results, indent=2, default=str))
 
 
 def machine_description() -> str:

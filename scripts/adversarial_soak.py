@@ -34,7 +34,9 @@ from urllib.parse import urlsplit
 
 import httpx
 import psutil
-from soak import LOOPBACK, STORY, start_server
+from soak import STORY, server_to_soak
+
+from headscope.launcher import total_rss
 
 KEY = "adversarial-soak-key"
 
@@ -42,14 +44,6 @@ KEY = "adversarial-soak-key"
 def long_text(rng: random.Random, words: int) -> str:
     pool = STORY.split(" ")
     return " ".join(rng.choice(pool) for _ in range(words))
-
-
-def total_rss(process: psutil.Process) -> int:
-    total = process.memory_info().rss
-    for child in process.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            total += child.memory_info().rss
-    return total
 
 
 class Attack:
@@ -298,21 +292,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     raise_own_fd_limit()
 
-    process = None
-    if args.url:
-        if urlsplit(args.url).hostname not in LOOPBACK:
-            parser.error("--url must be on loopback (127.0.0.1, ::1 or localhost)")
-        if args.pid is None:
-            parser.error("--url needs --pid")
-        url, pid = args.url.rstrip("/"), args.pid
-    elif args.model:
-        os.environ["HEADSCOPE_API_KEY"] = args.key
-        url, process = start_server(args.model, ["--allow-missing-probes", *args.serve_arg])
-        pid = process.pid
-    else:
-        parser.error("give --url and --pid, or --model")
-    server = psutil.Process(pid)
-    try:
+    with contextlib.ExitStack() as stack:
+        env = {**os.environ, "HEADSCOPE_API_KEY": args.key}
+        serve_args = ["--allow-missing-probes", *args.serve_arg]
+        url, pid = server_to_soak(parser, args, stack, serve_args, env)
+        server = psutil.Process(pid)
         time.sleep(2)
         baseline_fds = server.num_fds()
         attack = Attack(url, args.key, args.seconds, server)
@@ -343,10 +327,6 @@ def main(argv: list[str] | None = None) -> int:
             time.sleep(0.5)
         end_fds = server.num_fds()
         still_answers = httpx.get(f"{url}/healthz", timeout=10).status_code == 200
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=60)
 
     latencies = sorted(attack.health_latencies)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))] if latencies else None

@@ -47,13 +47,13 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import hashlib
 import io
 import json
 import os
 import re
 import shutil
-import socket
 import struct
 import subprocess
 import sys
@@ -66,6 +66,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from headscope.launcher import HOST, serve_process, start_or_exit
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HEADSCOPE_SHARED", REPO.parent / "shared")).resolve()
@@ -640,12 +642,6 @@ def build_corpus() -> list[Request]:
 # -- the server --------------------------------------------------------------------------------
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def server_env() -> dict[str, str]:
     env = {key: value for key, value in os.environ.items() if not key.startswith("HEADSCOPE_")}
     env.update(
@@ -666,45 +662,23 @@ def headscope_command() -> list[str]:
     return [sys.executable, "-m", "headscope.cli"]
 
 
-def serve_command(probes: Path, port: int) -> list[str]:
-    return [
-        *headscope_command(), "serve",
-        "--model", str(MODEL_DIR),
-        "--probes", str(probes),
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--log-level", "warning",
-    ]  # fmt: skip
+def serve_args(probes: Path) -> list[str]:
+    return ["--model", str(MODEL_DIR), "--probes", str(probes), "--log-level", "warning"]
 
 
 @contextmanager
 def running_server(probes: Path, log_path: Path) -> Iterator[str]:
-    port = free_port()
-    base_url = f"http://127.0.0.1:{port}"
-    with log_path.open("w") as log:
-        process = subprocess.Popen(
-            serve_command(probes, port), env=server_env(), stdout=log, stderr=subprocess.STDOUT
+    with log_path.open("w") as log, contextlib.ExitStack() as stack:
+        server = serve_process(
+            *serve_args(probes),
+            command=headscope_command(),
+            env=server_env(),
+            stdout=log,
+            ready_timeout=180,
+            stop_timeout=30,
         )
-        try:
-            deadline = time.monotonic() + 180
-            while True:
-                if process.poll() is not None:
-                    sys.exit(f"server exited with {process.returncode}; log: {log_path}")
-                try:
-                    if httpx.get(f"{base_url}/readyz", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.monotonic() > deadline:
-                    sys.exit(f"server not ready after 180 s; log: {log_path}")
-                time.sleep(0.1)
-            yield base_url
-        finally:
-            process.terminate()
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        base_url, _ = start_or_exit(stack, server, f"server log {log_path}")
+        yield base_url
 
 
 def train_probes(out: Path, log_path: Path) -> None:
@@ -842,8 +816,9 @@ def record(out: Path) -> int:
         "format": FORMAT,
         "recorded": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "checkout": git_describe(),
-        "serve": " ".join(serve_command(Path("<DIR>/probes"), 0)).replace(
-            "--port 0", "--port <free>"
+        "serve": " ".join(
+            [*headscope_command(), "serve", "--host", HOST, "--port", "<free>",
+             *serve_args(Path("<DIR>/probes"))]
         ),
         "environment": {"NLTK_DATA": str(NLTK_DATA), "HEADSCOPE_CORPUS": str(CORPUS),
                         "HF_HUB_OFFLINE": "1", "HEADSCOPE_OFFLINE": "1"},

@@ -14,20 +14,23 @@ end. It only ever talks to 127.0.0.1 / ::1 / localhost, and stops after --reques
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import urlencode, urlsplit
 
 import httpx
 import psutil
+
+from headscope.launcher import serve_process, start_or_exit
 
 LOOPBACK = {"127.0.0.1", "::1", "localhost"}
 STORY = (
@@ -169,32 +172,34 @@ def plan(count: int, malformed_share: float, seed: int, probes: bool) -> list[Ca
     ]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(model: str, extra: list[str]) -> tuple[str, subprocess.Popen]:
-    port = free_port()
-    command = [sys.executable, "-m", "headscope.cli", "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--model", model, "--log-level", "warning", *extra]
-    process = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+def server_to_soak(
+    parser: argparse.ArgumentParser,
+    args: argparse.Namespace,
+    stack: contextlib.ExitStack,
+    serve_args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> tuple[str, int]:
+    """(url, pid) of the server to soak: the running one that --url and --pid name (loopback
+    only), or with --model a fresh `headscope serve` on loopback, which `stack` stops."""
+    if args.url:
+        if urlsplit(args.url).hostname not in LOOPBACK:
+            parser.error("--url must be on loopback (127.0.0.1, ::1 or localhost)")
+        if args.pid is None:
+            parser.error("--url needs --pid (the server's process id, for its memory)")
+        return args.url.rstrip("/"), args.pid
+    if not args.model:
+        parser.error("give --url and --pid, or --model")
+    server = serve_process(
+        *("--model", args.model, "--log-level", "warning", *serve_args),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        ready_timeout=300,
+        poll_interval=0.2,
+        stop_timeout=60,
     )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            sys.exit(f"soak: the server exited at startup:\n{process.stderr.read()}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return url, process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    sys.exit("soak: the server was not ready after 300 s")
+    url, process = start_or_exit(stack, server, "soak")
+    return url, process.pid
 
 
 class Soak:
@@ -298,26 +303,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="Print the figures as one JSON line.")
     args = parser.parse_args(argv)
 
-    process = None
-    if args.url:
-        if urlsplit(args.url).hostname not in LOOPBACK:
-            parser.error("--url must be on loopback (127.0.0.1, ::1 or localhost)")
-        if args.pid is None:
-            parser.error("--url needs --pid (the server's process id, for its memory)")
-        url, pid = args.url.rstrip("/"), args.pid
-    elif args.model:
-        url, process = start_server(args.model, args.serve_arg)
-        pid = process.pid
-    else:
-        parser.error("give --url and --pid, or --model")
-    try:
+    with contextlib.ExitStack() as stack:
+        url, pid = server_to_soak(parser, args, stack, args.serve_arg)
         probes = httpx.get(f"{url}/readyz", timeout=10).json().get("probes") == "loaded"
         calls = plan(args.requests, args.malformed, args.seed, probes)
         figures = Soak(url, pid, calls, args.clients, args.max_seconds).run()
-    finally:
-        if process is not None:
-            process.terminate()
-            process.wait(timeout=60)
 
     ok = figures["server_errors"] == 0 and figures["rss_growth_mid_to_end"] < args.max_rss_growth
     ok = ok and not figures["unexpected"]

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
-import sys
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import httpx
+from headscope import launcher
+from headscope.launcher import free_port, wait_until_ready
+
+if TYPE_CHECKING:
+    import uvicorn
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("HEADSCOPE_SHARED", REPO.parent / "shared")).resolve()
@@ -41,41 +42,30 @@ def make_random_model_dir(target: Path, seed: int = 0) -> Path:
     return target
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until_ready(base_url: str, timeout: float = 60.0, process=None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"server exited early with code {process.returncode}")
-        try:
-            if httpx.get(f"{base_url}/readyz", timeout=1.0).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(f"{base_url} not ready after {timeout}s")
-
-
 class ServerThread:
-    """A real uvicorn server on 127.0.0.1 (free port) running an app in a background thread."""
+    """A real uvicorn server running an app in a background thread: on 127.0.0.1, a free port,
+    with uvicorn's defaults and `options`, or as a ready-made `config` says."""
 
-    def __init__(self, app, **config) -> None:
+    def __init__(
+        self, app, config: uvicorn.Config | None = None, stop_timeout: float = 10.0, **options
+    ) -> None:
         import uvicorn
 
-        self.config = uvicorn.Config(
-            app, host="127.0.0.1", port=free_port(), log_level="warning", **config
+        self.app = app
+        self.config = config or uvicorn.Config(
+            app, host="127.0.0.1", port=free_port(), log_level="warning", **options
         )
         self.server = uvicorn.Server(self.config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.stop_timeout = stop_timeout
+
+    @property
+    def port(self) -> int:
+        return self.config.port
 
     @property
     def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.config.port}"
+        return f"http://127.0.0.1:{self.port}"
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
@@ -84,7 +74,7 @@ class ServerThread:
 
     def __exit__(self, *exc) -> None:
         self.server.should_exit = True
-        self.thread.join(timeout=10)
+        self.thread.join(timeout=self.stop_timeout)
 
 
 def server_env(**extra: str) -> dict[str, str]:
@@ -94,38 +84,9 @@ def server_env(**extra: str) -> dict[str, str]:
     return env
 
 
-@contextmanager
 def serve_process(
     *args: str, env: dict[str, str] | None = None, ready_timeout: float = 60.0
-) -> Iterator[tuple[str, subprocess.Popen]]:
-    """`headscope serve` as a real subprocess on a free port; yields (base_url, process)."""
-    port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "headscope.cli",
-        "serve",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        *args,
-    ]
-    process = subprocess.Popen(
-        command,
-        env=env or server_env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base_url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_ready(base_url, ready_timeout, process)
-        yield base_url, process
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                process.kill()
+) -> AbstractContextManager[tuple[str, subprocess.Popen]]:
+    """`headscope serve` as a real subprocess on a free port, in the tests' offline environment;
+    yields (base_url, process)."""
+    return launcher.serve_process(*args, env=env or server_env(), ready_timeout=ready_timeout)

@@ -130,6 +130,27 @@ def accept_for(format: str, *, npy: bool = False) -> str:
     return offered[format]
 
 
+def array_call(
+    path: str,
+    result: type[ResultT],
+    body: dict[str, Any],
+    format: str,
+    dtype: ArrayDType | None,
+    *,
+    npy: bool = False,
+) -> APICall[ResultT]:
+    """POST `body` to an endpoint whose answer holds arrays: in `format` (npy offered when
+    `npy`), numbers in `dtype` (the server's default, float32, when unset)."""
+    return APICall(
+        "POST",
+        path,
+        result,
+        json=body,
+        accept=accept_for(format, npy=npy),
+        dtype=dtype or "float32",
+    )
+
+
 def head_ref(head: HeadLike) -> dict[str, int]:
     if isinstance(head, Mapping):
         return {"layer": int(head["layer"]), "head": int(head["head"])}
@@ -226,14 +247,7 @@ class BaseClient:
                 **output_options(dtype, decimals),
             }
         )
-        return APICall(
-            "POST",
-            "/v1/activity",
-            models.ActivityResult,
-            json=body,
-            accept=accept_for(format, npy=True),
-            dtype=dtype or "float32",
-        )
+        return array_call("/v1/activity", models.ActivityResult, body, format, dtype, npy=True)
 
     def _attention_call(
         self,
@@ -256,14 +270,7 @@ class BaseClient:
                 **output_options(dtype, decimals, top_k, threshold),
             }
         )
-        return APICall(
-            "POST",
-            "/v1/attention",
-            models.AttentionResult,
-            json=body,
-            accept=accept_for(format, npy=True),
-            dtype=dtype or "float32",
-        )
+        return array_call("/v1/attention", models.AttentionResult, body, format, dtype, npy=True)
 
     def _analyze_call(
         self,
@@ -280,14 +287,7 @@ class BaseClient:
             "patterns": [head_ref(head) for head in patterns],
             **output_options(dtype, decimals, top_k, threshold),
         }
-        return APICall(
-            "POST",
-            "/v1/analyze",
-            models.AnalyzeResult,
-            json=body,
-            accept=accept_for(format),
-            dtype=dtype or "float32",
-        )
+        return array_call("/v1/analyze", models.AnalyzeResult, body, format, dtype)
 
     def _analyze_many_calls(
         self,
@@ -428,6 +428,27 @@ class BaseClient:
     def _size(width: int | None, height: int | None) -> dict[str, Any]:
         return _drop_none({"width": width, "height": height})
 
+    def _head_figure_call(
+        self,
+        figure: str,
+        text: str,
+        layer: int,
+        head: int,
+        width: int | None,
+        height: int | None,
+        **option: Any,
+    ) -> APICall[bytes]:
+        """GET /v1/figures/{figure}.png of one head over one text, with the figure's own query
+        parameter in `option` (sent unless None)."""
+        params = {
+            "text": text,
+            "layer": layer,
+            "head": head,
+            **_drop_none(option),
+            **self._size(width, height),
+        }
+        return APICall("GET", f"/v1/figures/{figure}.png", bytes, params=params)
+
     def _activity_figure_call(
         self,
         text: str,
@@ -437,14 +458,9 @@ class BaseClient:
         width: int | None,
         height: int | None,
     ) -> APICall[bytes]:
-        params = {
-            "text": text,
-            "layer": layer,
-            "head": head,
-            **_drop_none({"bold_fraction": bold_fraction}),
-            **self._size(width, height),
-        }
-        return APICall("GET", "/v1/figures/activity.png", bytes, params=params)
+        return self._head_figure_call(
+            "activity", text, layer, head, width, height, bold_fraction=bold_fraction
+        )
 
     def _attention_figure_call(
         self,
@@ -455,14 +471,7 @@ class BaseClient:
         width: int | None,
         height: int | None,
     ) -> APICall[bytes]:
-        params = {
-            "text": text,
-            "layer": layer,
-            "head": head,
-            **_drop_none({"query": query}),
-            **self._size(width, height),
-        }
-        return APICall("GET", "/v1/figures/attention.png", bytes, params=params)
+        return self._head_figure_call("attention", text, layer, head, width, height, query=query)
 
     def _attention_by_tag_figure_call(
         self,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import textwrap
 
 import httpx
 import numpy as np
@@ -153,36 +154,45 @@ async def test_async_client_reads_the_same_binary_answers(aclient, client):
     np.testing.assert_array_equal(bits(array), bits(result.pattern(3, 3)))
 
 
-def test_the_binary_path_and_the_frames_pull_in_no_torch(live_server):
-    code = (
-        "import json, sys\n"
-        "from headscope_client import Client\n"
-        f"with Client({live_server!r}) as client:\n"
-        "    result = client.analyze('Tom ran.', patterns=[(0, 0)], format='safetensors')\n"
-        "    result.to_numpy(); result.to_pandas(); client.analyze_many(['Sue sat.'])\n"
-        "heavy = ['torch', 'transformers', 'fastapi', 'starlette', 'uvicorn', 'orjson']\n"
-        "print(json.dumps(sorted(m for m in heavy if m in sys.modules)))\n"
+def fresh_python(code: str) -> str:
+    """`code` run in a new interpreter (nothing imported yet); what it printed."""
+    run = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=120
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert json.loads(run.stdout) == []
+    return run.stdout
+
+
+def test_the_binary_path_and_the_frames_pull_in_no_torch(live_server):
+    printed = fresh_python(
+        f"""
+        import json, sys
+        from headscope_client import Client
+        with Client({live_server!r}) as client:
+            result = client.analyze('Tom ran.', patterns=[(0, 0)], format='safetensors')
+            result.to_numpy(); result.to_pandas(); client.analyze_many(['Sue sat.'])
+        heavy = ['torch', 'transformers', 'fastapi', 'starlette', 'uvicorn', 'orjson']
+        print(json.dumps(sorted(m for m in heavy if m in sys.modules)))
+        """
+    )
+    assert json.loads(printed) == []
 
 
 def test_without_safetensors_auto_is_json_and_safetensors_says_what_to_install(live_server):
-    code = (
-        "import sys\n"
-        "sys.modules['safetensors'] = None  # as if it were not installed\n"
-        "from headscope_client import Client\n"
-        f"with Client({live_server!r}) as client:\n"
-        "    [result] = client.analyze_many(['Tom ran.'])\n"
-        "    print(type(result.activity).__name__)\n"
-        "    try:\n"
-        "        client.analyze('Tom ran.', format='safetensors')\n"
-        "    except ImportError as error:\n"
-        "        print(error)\n"
+    printed = fresh_python(
+        f"""
+        import sys
+        sys.modules['safetensors'] = None  # as if it were not installed
+        from headscope_client import Client
+        with Client({live_server!r}) as client:
+            [result] = client.analyze_many(['Tom ran.'])
+            print(type(result.activity).__name__)
+            try:
+                client.analyze('Tom ran.', format='safetensors')
+            except ImportError as error:
+                print(error)
+        """
     )
-    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    kind, hint = run.stdout.splitlines()
+    kind, hint = printed.splitlines()
     assert kind == "list"
     assert "pip install 'headscope[numpy]'" in hint

@@ -33,40 +33,26 @@ def test_published_scores_are_judged_by_the_tolerance_only_on_the_papers_weights
     assert other.verdict == NOT_COMPARABLE and other.difference == pytest.approx(0.0)
 
 
-def test_statements_are_judged_on_the_lower_bound():
-    holds = statement_claim(
+@pytest.mark.parametrize(
+    ("ours", "interval", "comparable", "verdict", "holds_here"),
+    [
+        (2.0, (1.2, 3.0), True, REPRODUCED, True),
+        (1.5, (0.9, 2.0), True, NOT_REPRODUCED, False),  # the interval straddles the threshold
+        (2.0, (1.2, 3.0), False, NOT_COMPARABLE, True),  # holds, but on other weights
+    ],
+)
+def test_statements_are_judged_on_the_lower_bound(ours, interval, comparable, verdict, holds_here):
+    claim = statement_claim(
         "s",
         "x",
         paper_text="-",
-        ours=2.0,
-        interval=(1.2, 3.0),
+        ours=ours,
+        interval=interval,
         threshold=1.0,
         threshold_text="1",
-        comparable=True,
+        comparable=comparable,
     )
-    assert holds.verdict == REPRODUCED and holds.holds_here is True
-    straddles = statement_claim(
-        "s",
-        "x",
-        paper_text="-",
-        ours=1.5,
-        interval=(0.9, 2.0),
-        threshold=1.0,
-        threshold_text="1",
-        comparable=True,
-    )
-    assert straddles.verdict == NOT_REPRODUCED and straddles.holds_here is False
-    elsewhere = statement_claim(
-        "s",
-        "x",
-        paper_text="-",
-        ours=2.0,
-        interval=(1.2, 3.0),
-        threshold=1.0,
-        threshold_text="1",
-        comparable=False,
-    )
-    assert elsewhere.verdict == NOT_COMPARABLE and elsewhere.holds_here is True
+    assert claim.verdict == verdict and claim.holds_here is holds_here
 
 
 def test_grid_comparison_ranks_heads_and_skips_thin_tags():

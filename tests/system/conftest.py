@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -18,7 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import CORPUS, STANDIN_DIR, free_port, server_env, wait_until_ready
+from tests.helpers import (
+    CORPUS,
+    STANDIN_DIR,
+    ServerThread,
+    free_port,
+    server_env,
+    wait_until_ready,
+)
 
 # Anything in an error body that would reveal the server's insides.
 LEAK = re.compile(r"Traceback|File \"|/site-packages/|/work/|\.py\b|headscope/|line \d+")
@@ -41,35 +47,16 @@ def assert_envelope(response, status: int | None = None, code: str | None = None
     return error
 
 
-class ConfiguredServer:
+class ConfiguredServer(ServerThread):
     """`headscope serve`'s uvicorn configuration, in a thread, on a free loopback port."""
 
     def __init__(self, app, settings) -> None:
-        import uvicorn
-
         from headscope.cli import uvicorn_config
 
         settings = settings.model_copy(
             update={"host": "127.0.0.1", "port": free_port(), "log_level": "warning"}
         )
-        self.app = app
-        self.config = uvicorn_config(app, settings)
-        self.server = uvicorn.Server(self.config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.port = settings.port
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def __enter__(self) -> ConfiguredServer:
-        self.thread.start()
-        wait_until_ready(self.base_url)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+        super().__init__(app, uvicorn_config(app, settings), stop_timeout=30)
 
 
 @contextmanager

@@ -9,7 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from headscope.viewer.files import STATIC
+from headscope.viewer.files import DOCS_CSP, STATIC
 
 KEY = "viewer-files-key"
 
@@ -49,9 +49,19 @@ def test_docs_load_their_assets_from_the_service(api):
         assert page.status_code == 200
         sources = re.findall(r'(?:src|href)="([^"]+)"', page.text)
         assert f"/docs-assets/{asset}" in sources
+        assert page.headers["content-security-policy"] == DOCS_CSP
         assert not [source for source in sources if "//" in source], sources
         assert api.get(f"/docs-assets/{asset}").status_code == 200
     assert "validatorUrl" in api.get("/docs").text
+
+
+def test_docs_behind_a_root_path_load_their_assets_under_it(api):
+    behind_proxy = TestClient(api.app, root_path="/headscope")
+    for path, asset in (("/docs", "swagger-ui-bundle.js"), ("/redoc", "redoc.standalone.js")):
+        page = behind_proxy.get(path)
+        assert page.status_code == 200
+        assert f"/headscope/docs-assets/{asset}" in page.text
+        assert page.headers["content-security-policy"] == DOCS_CSP
 
 
 def test_a_missing_viewer_file_is_a_404_envelope(api):

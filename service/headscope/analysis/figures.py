@@ -17,11 +17,12 @@ from __future__ import annotations
 import io
 import unicodedata
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from pydantic import BaseModel
 
 from headscope.analysis.corpus import CorpusAnalysis
 from headscope.analysis.service import Runtime
@@ -409,6 +410,24 @@ def _chart_note(axes, text: str) -> None:
     axes.text(0.5, 0.5, text, ha="center", va="center", transform=axes.transAxes, color="#555555")
 
 
+def _ratio_bars(
+    axes,
+    positions: np.ndarray,
+    values: np.ndarray,
+    errors: np.ndarray | None,
+    ratios: np.ndarray,
+    *,
+    width: float,
+    label: str,
+) -> None:
+    """The measured bars (with their intervals), each labelled ×ratio (to its baseline) above
+    its bar or interval."""
+    axes.bar(positions, values, width, color=AT_COLOR, label=label, yerr=errors, capsize=2)
+    tops = values if errors is None else values + errors[1]
+    for x, top, ratio in zip(positions, tops, ratios, strict=True):
+        axes.text(float(x), top, f"×{ratio:.2f}", ha="center", va="bottom", fontsize=8)
+
+
 def attention_by_tag_png(
     result: AttentionByTagResponse, *, top: int, width: int, height: int, model: str
 ) -> bytes:
@@ -489,23 +508,15 @@ def activity_by_tag_png(
     bar = 0.4
     if at is not None:
         low, high = _flat_bounds(result.ci.mean_at_position if result.ci else None, chosen)
-        errors = _error_bars(at, low, high)
-        axes.bar(
+        _ratio_bars(
+            axes,
             positions - bar / 2,
             at,
-            bar,
-            color=AT_COLOR,
+            _error_bars(at, low, high),
+            np.asarray(result.lift).ravel()[chosen],
+            width=bar,
             label=f"{result.position} {result.tag}" + (" (95% CI)" if low is not None else ""),
-            yerr=errors,
-            capsize=2,
         )
-        tops = at if errors is None else at + errors[1]  # labels above the interval
-        for x, value, ratio in zip(
-            positions, tops, np.asarray(result.lift).ravel()[chosen], strict=True
-        ):
-            axes.text(
-                float(x) - bar / 2, value, f"×{ratio:.2f}", ha="center", va="bottom", fontsize=8
-            )
     axes.bar(
         positions + bar / 2, overall.ravel()[chosen], bar, color=BASELINE_COLOR, label="all tokens"
     )
@@ -540,17 +551,15 @@ def quotes_png(
     outside = np.asarray(result.mean_outside).ravel()[chosen]
     ci = result.ci
     low, high = _flat_bounds(ci.mean_inside if ci else None, chosen)
-    errors = _error_bars(inside, low, high)
-    activity_axes.bar(
+    _ratio_bars(
+        activity_axes,
         positions - bar / 2,
         inside,
-        bar,
-        color=AT_COLOR,
+        _error_bars(inside, low, high),
+        ratio.ravel()[chosen],
+        width=bar,
         label="inside quotes" + (" (95% CI)" if ci else ""),
-        yerr=errors,
-        capsize=2,
     )
-    tops = inside if errors is None else inside + errors[1]  # labels above the interval
     low, high = _flat_bounds(ci.mean_outside if ci else None, chosen)
     activity_axes.bar(
         positions + bar / 2,
@@ -561,10 +570,6 @@ def quotes_png(
         yerr=_error_bars(outside, low, high),
         capsize=2,
     )
-    for x, value, r in zip(positions, tops, ratio.ravel()[chosen], strict=True):
-        activity_axes.text(
-            float(x) - bar / 2, value, f"×{r:.2f}", ha="center", va="bottom", fontsize=8
-        )
     activity_axes.set_ylabel("mean activity")
     activity_axes.margins(y=0.15)  # room for the ratio labels
     activity_axes.legend(frameon=False)
@@ -679,42 +684,50 @@ class Figures:
         )
 
     def attention_by_tag(self, query: AttentionByTagFigureQuery) -> bytes:
-        request = AttentionByTagRequest(**_fields_of(query, AttentionByTagRequest))
-        result = self.analysis.attention_by_tag(request)
-        return attention_by_tag_png(
-            result,
-            top=query.top,
-            width=query.width,
-            height=query.height or DEFAULT_CHART_HEIGHT,
-            model=self.model,
+        return self._corpus_chart(
+            query, AttentionByTagRequest, self.analysis.attention_by_tag, attention_by_tag_png
         )
 
     def activity_by_tag(self, query: ActivityByTagFigureQuery) -> bytes:
-        if query.layer is not None:
-            self.runtime.check_layer(query.layer)
-        request = ActivityByTagRequest(**_fields_of(query, ActivityByTagRequest))
-        result = self.analysis.activity_by_tag(request)
-        return activity_by_tag_png(
-            result,
-            layer=query.layer,
-            top=query.top,
-            width=query.width,
-            height=query.height or DEFAULT_CHART_HEIGHT,
-            model=self.model,
+        layer = self._checked_layer(query.layer)
+        return self._corpus_chart(
+            query,
+            ActivityByTagRequest,
+            self.analysis.activity_by_tag,
+            activity_by_tag_png,
+            layer=layer,
         )
 
     def quotes(self, query: QuotesFigureQuery) -> bytes:
-        if query.layer is not None:
-            self.runtime.check_layer(query.layer)
-        request = QuotesRequest(**_fields_of(query, QuotesRequest))
-        result = self.analysis.quotes(request)
-        return quotes_png(
+        layer = self._checked_layer(query.layer)
+        return self._corpus_chart(
+            query, QuotesRequest, self.analysis.quotes, quotes_png, layer=layer
+        )
+
+    def _checked_layer(self, layer: int | None) -> int | None:
+        """The one layer a chart is limited to (None: all), checked before any work."""
+        if layer is not None:
+            self.runtime.check_layer(layer)
+        return layer
+
+    def _corpus_chart(
+        self,
+        query: AttentionByTagFigureQuery | ActivityByTagFigureQuery | QuotesFigureQuery,
+        request_type: type[BaseModel],
+        analyse: Callable[[Any], Any],
+        draw: Callable[..., bytes],
+        **chart_options: Any,
+    ) -> bytes:
+        """The corpus analysis `query` asks for (its fields that `request_type` has), drawn by
+        `draw` at the query's size."""
+        result = analyse(request_type(**_fields_of(query, request_type)))
+        return draw(
             result,
-            layer=query.layer,
             top=query.top,
             width=query.width,
             height=query.height or DEFAULT_CHART_HEIGHT,
             model=self.model,
+            **chart_options,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from importlib.resources import files
 from pathlib import Path
 
@@ -53,9 +54,8 @@ async def index(request: Request) -> Response:
 
 
 def docs_pages(openapi_url: str, title: str) -> list[Route]:
-    async def swagger(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        page = get_swagger_ui_html(
+    def swagger(root: str) -> HTMLResponse:
+        return get_swagger_ui_html(
             openapi_url=root + openapi_url,
             title=f"{title} - Swagger UI",
             swagger_js_url=f"{root}/docs-assets/swagger-ui-bundle.js",
@@ -64,22 +64,28 @@ def docs_pages(openapi_url: str, title: str) -> list[Route]:
             # No badge from the public validator service.
             swagger_ui_parameters={"validatorUrl": None},
         )
-        page.headers["Content-Security-Policy"] = DOCS_CSP
-        return page
 
-    async def redoc(request: Request) -> HTMLResponse:
-        root = request.scope.get("root_path", "")
-        page = get_redoc_html(
+    def redoc(root: str) -> HTMLResponse:
+        return get_redoc_html(
             openapi_url=root + openapi_url,
             title=f"{title} - ReDoc",
             redoc_js_url=f"{root}/docs-assets/redoc.standalone.js",
             redoc_favicon_url=f"{root}/docs-assets/favicon.png",
             with_google_fonts=False,
         )
+
+    return [Route("/docs", _docs_page(swagger)), Route("/redoc", _docs_page(redoc))]
+
+
+def _docs_page(render: Callable[[str], HTMLResponse]) -> Callable[[Request], Awaitable[Response]]:
+    """An endpoint for a docs page that `render` draws for the app's root path, under DOCS_CSP."""
+
+    async def endpoint(request: Request) -> Response:
+        page = render(request.scope.get("root_path", ""))
         page.headers["Content-Security-Policy"] = DOCS_CSP
         return page
 
-    return [Route("/docs", swagger), Route("/redoc", redoc)]
+    return endpoint
 
 
 async def not_found(request: Request, error: HTTPException) -> Response:

@@ -86,18 +86,17 @@ def log_progress(logger: logging.Logger) -> Progress:
 
 
 def fit_probes(
-    method: Method,
+    config: TrainConfig,
     features: np.ndarray,  # [probe, token, d]
     labels: np.ndarray,  # [token] in 0..n_classes-1, every class present
     n_classes: int,
     *,
-    C: float,
-    tol: float,
-    max_iter: int | None,
     progress: Progress,
     description: str,
 ) -> FitResult:
-    if method == "sklearn":
+    """Every probe at once, with the run's solver and its settings (C, tol, max_iter)."""
+    C, tol, max_iter = config.C, config.tol, config.max_iter
+    if config.method == "sklearn":
         return fit_sklearn(
             features, labels, n_classes, C=C, tol=tol, max_iter=max_iter or 1000, progress=progress
         )
@@ -161,15 +160,7 @@ def _fit_control(
     present = np.unique(control_train)
     compact = np.searchsorted(present, control_train)
     result = fit_probes(
-        config.method,
-        features_train,
-        compact,
-        len(present),
-        C=config.C,
-        tol=config.tol,
-        max_iter=config.max_iter,
-        progress=progress,
-        description=description,
+        config, features_train, compact, len(present), progress=progress, description=description
     )
     predicted = present[predict_classes(features_test, result.coef, result.intercept)]
     return classification_report(control_test, predicted, n_classes)
@@ -236,13 +227,10 @@ def train_probe_run(
         features_test = test.features[vector].reshape(n_probes, len(test), g.d_head)
         tick = time.perf_counter()
         result = fit_probes(
-            config.method,
+            config,
             features_train,
             y_train,
             len(classes),
-            C=config.C,
-            tol=config.tol,
-            max_iter=config.max_iter,
             progress=progress,
             description=f"fit {vector}",
         )
