@@ -16,6 +16,7 @@ log = logging.getLogger("headscope")
 
 # Subcommand modules, imported lazily so `headscope serve` loads nothing it does not need.
 SUBCOMMAND_MODULES: list[str] = [
+    "headscope.cli.corpus",
     "headscope.cli.figures",
     "headscope.cli.probes",
     "headscope.cli.reproduce",
@@ -80,6 +81,7 @@ SERVE_SETTINGS = [
     "corpus_max_sequences",
     "corpus_max_tokens",
     "corpus_cache_size",
+    "jobs_dir",
     "max_headers",
     "max_header_bytes",
     "keep_alive_timeout",

@@ -397,4 +397,3 @@ def describe(job: dict[str, Any]) -> str:
         f"({run.get('tokens_per_second') or 0:,.0f} tokens/s, {run.get('engine')} x "
         f"{run.get('workers')})"
     )
-
