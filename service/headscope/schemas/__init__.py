@@ -15,4 +15,6 @@ from headscope.schemas.output import __all__ as _output_all
 from headscope.schemas.probes import *  # noqa: F403
 from headscope.schemas.probes import __all__ as _probes_all
 
-__all__ = list(_core_all) + list(_corpus_all) + list(_jobs_all) + list(_output_all) + list(_probes_all)
+__all__ = (
+    list(_core_all) + list(_corpus_all) + list(_jobs_all) + list(_output_all) + list(_probes_all)
+)
