@@ -153,6 +153,13 @@ class ShardActor:
     def run(self, kinds: tuple[str, ...], shard: Shard, out: str, job_id: str) -> ShardDone:
         return process_shard(self.runtime, kinds, shard, Path(out), job_id)
 
+    def pid(self) -> int:
+        return os.getpid()
+
+
+def actor_name(job_id: str, worker: int) -> str:
+    return f"headscope-job-{job_id}-{worker}"
+
 
 # -- the job -----------------------------------------------------------------------------------
 
@@ -236,7 +243,10 @@ def _ray_results(
     connect_ray(address, workers)
     # A worker that dies is restarted (its model loaded again) and its shard retried.
     actor_class = ray.remote(num_cpus=1, max_restarts=-1, max_task_retries=3)(ShardActor)
-    actors = [actor_class.remote(spec.worker) for _ in range(workers)]
+    actors = [
+        actor_class.options(name=actor_name(job_id, worker)).remote(spec.worker)
+        for worker in range(workers)
+    ]
     pool = ActorPool(actors)
     out = str(spec.out)
     try:
