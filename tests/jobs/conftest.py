@@ -27,6 +27,17 @@ def require_ray():
 
 
 @pytest.fixture(scope="session")
+def ray_cluster():
+    """A local Ray instance on 127.0.0.1 (two CPUs, no dashboard), started for the tests."""
+    ray = require_ray()
+    from headscope.jobs.run import connect_ray
+
+    connect_ray(None, 2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
 def job_corpus(tmp_path_factory):
     """The sample's first JOB_SEQUENCES sequences, as a corpus file of their own."""
     from headscope.jobs.source import CorpusFile

@@ -8,19 +8,8 @@ import os
 import signal
 
 import numpy as np
-import pytest
 
-from tests.jobs.conftest import job_spec, require_ray
-
-
-@pytest.fixture(scope="module")
-def ray_cluster():
-    ray = require_ray()
-    from headscope.jobs.run import connect_ray
-
-    connect_ray(None, 2)
-    yield ray
-    ray.shutdown()
+from tests.jobs.conftest import job_spec
 
 
 def assert_same_statistics(out, expected_out):
