@@ -40,11 +40,10 @@ def application(settings: Settings, replicas: int) -> Any:
     from ray import serve
 
     deployment = serve.deployment(
-        _replica_class(),
         name="HeadscopeReplica",
         num_replicas=replicas,
         max_ongoing_requests=settings.max_concurrency + settings.max_queue,
-    )
+    )(_replica_class())
     return deployment.bind(settings)
 
 

@@ -116,10 +116,10 @@ def newton_sums(
     if with_hessian:
         # H = Σ_i (diag(p_i) - p_i p_iᵀ) ⊗ x_i x_iᵀ, parameters in (input, class) order.
         diagonal = np.einsum("ptj,ptk,ptc->pjkc", inputs, inputs, probabilities)
-        hessian = np.zeros((n_probes, n_inputs, n_classes, n_inputs, n_classes))
+        blocks = np.zeros((n_probes, n_inputs, n_classes, n_inputs, n_classes))
         classes = np.arange(n_classes)
-        hessian[:, :, classes, :, classes] = diagonal.transpose(3, 0, 1, 2)
-        hessian = hessian.reshape(n_probes, n_inputs * n_classes, n_inputs * n_classes)
+        blocks[:, :, classes, :, classes] = diagonal.transpose(3, 0, 1, 2)  # [class, p, j, k]
+        hessian = blocks.reshape(n_probes, n_inputs * n_classes, n_inputs * n_classes)
         outer = (inputs[:, :, :, None] * probabilities[:, :, None, :]).reshape(
             n_probes, n_tokens, n_inputs * n_classes
         )  # row i = x_i ⊗ p_i
@@ -160,7 +160,7 @@ def map_on_ray() -> MapShards:
 
 
 def _reduce(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {name: sum(part[name] for part in parts) for name in parts[0]}
+    return {name: np.sum([part[name] for part in parts], axis=0) for name in parts[0]}
 
 
 def fit_sharded(

@@ -259,7 +259,7 @@ def _ray_results(
             yield pool.get_next_unordered()
     finally:
         for actor in actors:
-            ray.kill(actor)
+            ray.kill(actor)  # type: ignore[arg-type]
 
 
 def run_job(
