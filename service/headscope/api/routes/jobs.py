@@ -18,10 +18,19 @@ from headscope.schemas import (
     CorpusJobAttentionQuery,
     CorpusJobList,
     CorpusJobListQuery,
+    ErrorResponse,
     QuotesResponse,
 )
 
 router = APIRouter(prefix="/v1/corpus/jobs", tags=["corpus jobs"])
+# The routes that name a job; the envelope's model is documented app-wide with the other codes.
+UNKNOWN_JOB = {
+    404: {
+        "model": ErrorResponse,
+        "description": "No finished job with this id in the jobs directory, or the job did not "
+        "compute this statistic.",
+    }
+}
 
 
 async def get_job_results(request: Request) -> JobResults:
@@ -46,13 +55,15 @@ def list_jobs(
     return CorpusJobList(jobs=results.jobs(query.corpus_sha256))
 
 
-@router.get("/{job_id}", response_model=CorpusJob)
+@router.get("/{job_id}", response_model=CorpusJob, responses=UNKNOWN_JOB)
 def get_job(job_id: JobId, results: JobResultsDep) -> CorpusJob:
     """One finished corpus job: its corpus, model, size and what it computed."""
     return results.job(job_id).job
 
 
-@router.get("/{job_id}/activity-by-tag", response_model=ActivityByTagResponse)
+@router.get(
+    "/{job_id}/activity-by-tag", response_model=ActivityByTagResponse, responses=UNKNOWN_JOB
+)
 def job_activity_by_tag(
     job_id: JobId, query: Annotated[CorpusJobActivityQuery, Query()], results: JobResultsDep
 ) -> ActivityByTagResponse:
@@ -60,7 +71,9 @@ def job_activity_by_tag(
     return results.activity_by_tag(job_id, query)
 
 
-@router.get("/{job_id}/attention-by-tag", response_model=AttentionByTagResponse)
+@router.get(
+    "/{job_id}/attention-by-tag", response_model=AttentionByTagResponse, responses=UNKNOWN_JOB
+)
 def job_attention_by_tag(
     job_id: JobId, query: Annotated[CorpusJobAttentionQuery, Query()], results: JobResultsDep
 ) -> AttentionByTagResponse:
@@ -68,7 +81,7 @@ def job_attention_by_tag(
     return results.attention_by_tag(job_id, query)
 
 
-@router.get("/{job_id}/quotes", response_model=QuotesResponse)
+@router.get("/{job_id}/quotes", response_model=QuotesResponse, responses=UNKNOWN_JOB)
 def job_quotes(job_id: JobId, results: JobResultsDep) -> QuotesResponse:
     """Every head's activity inside vs. outside quotations, over the job's whole corpus."""
     return results.quotes(job_id)
