@@ -29,6 +29,7 @@ from safetensors.numpy import load_file, save_file
 from headscope.errors import StartupError
 from headscope.jobs.source import CorpusFile, Shard
 from headscope.jobs.statistics import JOB_KINDS, STATISTICS, Sums, map_shard, merge, tag_vocabulary
+from headscope.settings import Settings
 
 log = logging.getLogger("headscope.jobs")
 
@@ -49,8 +50,7 @@ class WorkerConfig:
     torch_threads: int | None = None
     attention_kernel: str = "auto"
 
-    def settings(self):
-        from headscope.settings import Settings
+    def settings(self) -> Settings:
 
         values: dict[str, Any] = {
             "model": self.model,

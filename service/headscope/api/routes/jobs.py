@@ -3,7 +3,7 @@ from one job's merged sums, a GET each."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
@@ -24,7 +24,7 @@ from headscope.schemas import (
 
 router = APIRouter(prefix="/v1/corpus/jobs", tags=["corpus jobs"])
 # The routes that name a job; the envelope's model is documented app-wide with the other codes.
-UNKNOWN_JOB = {
+UNKNOWN_JOB: dict[int | str, dict[str, Any]] = {
     404: {
         "model": ErrorResponse,
         "description": "No finished job with this id in the jobs directory, or the job did not "
