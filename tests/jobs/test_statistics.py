@@ -140,3 +140,20 @@ def test_probe_features_are_every_token_in_corpus_order(finished_job, runtime, j
     assert tags == runtime.tagger.tag_tokens(
         texts[2], runtime.tokenizer(texts[2], add_special_tokens=False).offset_mapping, "overlap"
     )
+
+
+def test_two_local_workers_write_the_same_sums(job_corpus, finished_job, tmp_path):
+    """The local engine's joblib processes (each loading the model once) give the one-process
+    job's sums exactly."""
+    from safetensors.numpy import load_file
+
+    from headscope.jobs.run import STATISTICS_FILE, run_job
+    from tests.jobs.conftest import job_spec
+
+    job, out = finished_job
+    spec = job_spec(job_corpus, tmp_path / "two", kinds=("activity-by-tag", "quotes"))
+    two = run_job(spec, engine="local", workers=2, progress=False)
+    assert (two["last_run"]["workers"], two["tokens"]) == (2, job["tokens"])
+    ours, theirs = load_file(tmp_path / "two" / STATISTICS_FILE), load_file(out / STATISTICS_FILE)
+    for name, array in ours.items():
+        np.testing.assert_array_equal(array, theirs[name], err_msg=name)
