@@ -7,6 +7,8 @@ headscope corpus run --corpus stories.txt --job probe-features --engine ray --wo
 headscope corpus run ... --engine ray --address ray://head:10001     # an existing Ray cluster
 
 Serve the results with `headscope serve --jobs-dir jobs` (GET /v1/corpus/jobs).
+
+headscope corpus fit-probes --job jobs/f --store models_store     # a probe run from the shards
 """
 
 from __future__ import annotations
@@ -81,6 +83,30 @@ def register(subparsers) -> None:
     run_parser.add_argument("--no-progress", action="store_true", help="No progress bar.")
     run_parser.set_defaults(handler=run)
 
+    fit_parser = commands.add_parser(
+        "fit-probes",
+        help="Fit a probe run from a job's probe-features shards and save it in the store.",
+        description="Split the job's sequences (seeded, whole sequences), fit one multinomial "
+        "logistic regression (C=1) per head and vector by Newton's method as map/reduce over "
+        "the shards, score it on the held-out split and save a normal probe run.",
+    )
+    add_settings_arguments(fit_parser, ["model", "tokenizer", "store", "log_level"])
+    fit_parser.add_argument("--job", type=Path, required=True, help="The job's folder (--out).")
+    fit_parser.add_argument("--out", type=Path, default=None, help="Run folder to create.")
+    fit_parser.add_argument(
+        "--vectors", default="key,query,value", help="Comma-separated: key, query, value."
+    )
+    fit_parser.add_argument(
+        "--max-sequences",
+        default="200",
+        help="Sequences per split, or 'all' (default 200, the paper's protocol).",
+    )
+    fit_parser.add_argument("--seed", type=int, default=0)
+    fit_parser.add_argument("--engine", choices=("local", "ray"), default="local")
+    fit_parser.add_argument("--address", default=None, help="Ray cluster address.")
+    fit_parser.add_argument("--workers", type=_positive, default=1)
+    fit_parser.set_defaults(handler=fit_probes)
+
 
 def run(args: argparse.Namespace) -> int:
     from headscope.jobs.run import DEFAULT_SHARD_SEQUENCES, JobSpec, WorkerConfig, describe, run_job
@@ -112,4 +138,38 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(describe(job))
+    return 0
+
+
+def fit_probes(args: argparse.Namespace) -> int:
+    from headscope.analysis.service import load_runtime
+    from headscope.jobs.probe_fit import map_in_process, map_on_joblib, map_on_ray
+    from headscope.jobs.probe_run import train_run_from_job
+    from headscope.jobs.run import connect_ray
+
+    settings = settings_from_args(args, ["model", "tokenizer", "store", "log_level"])
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    if args.engine == "ray":
+        connect_ray(args.address, args.workers)
+        map_shards = map_on_ray()
+    else:
+        map_shards = map_on_joblib(args.workers) if args.workers > 1 else map_in_process
+    max_sequences = None if args.max_sequences.lower() == "all" else int(args.max_sequences)
+    runtime = load_runtime(settings.model_copy(update={"tagger_process": False}), load_probes=False)
+    try:
+        directory = train_run_from_job(
+            runtime,
+            args.job,
+            store=settings.store,
+            out=args.out,
+            vectors=tuple(v.strip() for v in args.vectors.split(",") if v.strip()),
+            seed=args.seed,
+            max_sequences=max_sequences,
+            map_shards=map_shards,
+        )
+    finally:
+        runtime.close()
+    print(directory)
     return 0
