@@ -8,7 +8,7 @@ import numpy as np
 
 from tests.jobs.conftest import job_spec
 
-SEQUENCES = 16
+SEQUENCES = 10
 
 
 def test_a_run_from_shards_is_a_normal_run(runtime, job_corpus, tmp_path):
