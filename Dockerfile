@@ -24,7 +24,9 @@ RUN pip install "torch==2.13.0" --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY service ./service
 COPY clients ./clients
-RUN pip install ".[server]" \
+# HEADSCOPE_EXTRAS=server,ray for the Ray images (docker compose --profile ray).
+ARG HEADSCOPE_EXTRAS=server
+RUN pip install ".[${HEADSCOPE_EXTRAS}]" \
     && python -c "import torch, sys; sys.exit(1 if torch.version.cuda else 0)"
 
 # An unprivileged user owns the two writable places: the probe store and the download caches

@@ -3,7 +3,9 @@
 # Tests read the model stand-in, tokenizer, tagger and corpus from ../shared (HEADSCOPE_SHARED).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh "server,test"
+# `ray`: the Ray tests (tests/jobs) start a local Ray on 127.0.0.1; without the extra they skip,
+# and under CI=true they fail.
+bash scripts/setup.sh "server,test,ray"
 # The viewer's browser tests (tests/viewer) drive Debian's chromium; Playwright never downloads
 # a browser of its own. Installed once, only where no chromium is found (CI runs as root).
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD=1

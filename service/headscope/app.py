@@ -19,7 +19,7 @@ from headscope.api.deps import bearer_scheme
 from headscope.api.guards import install_middleware
 from headscope.api.lean import LeanRoutes
 from headscope.api.responses import response_for
-from headscope.api.routes import analysis, corpus, figures, health, model, probes
+from headscope.api.routes import analysis, corpus, figures, health, jobs, model, probes
 from headscope.errors import HeadscopeError
 from headscope.schemas import ErrorResponse
 from headscope.settings import Settings
@@ -103,7 +103,14 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
     # The key itself is checked by ApiKeyMiddleware, the one check; the dependency declares the
     # scheme in the OpenAPI document.
     documented_auth = [Depends(bearer_scheme)]
-    for router in (model.router, analysis.router, corpus.router, figures.router, probes.router):
+    for router in (
+        model.router,
+        analysis.router,
+        corpus.router,
+        jobs.router,
+        figures.router,
+        probes.router,
+    ):
         app.include_router(router, dependencies=documented_auth)
     # Innermost of the middleware, so every guard acts first.
     app.add_middleware(LeanRoutes, routes=analysis.LEAN_ROUTES)

@@ -152,6 +152,11 @@ class Settings(BaseSettings):
         ge=0,
         description="Corpus results kept in memory (LRU, per model and request); 0 turns it off.",
     )
+    jobs_dir: Path | None = Field(
+        default=None,
+        description="Folder of finished `headscope corpus run` jobs (each job's --out in a "
+        "folder of its own) that GET /v1/corpus/jobs serves.",
+    )
     api_key: SecretStr | None = Field(
         default=None, description="When set, every route but health and docs needs this bearer key."
     )

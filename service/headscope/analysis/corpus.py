@@ -175,6 +175,26 @@ def quote_spans(
     return spans
 
 
+def quote_masks(
+    spans: Sequence[tuple[int, int | None, int, int]], n: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(inside, outside, opening_of) over a sequence's n tokens, from its `quote_spans`: tokens
+    inside a quotation and outside every one (the marks themselves are neither), and for each
+    inside token the index of its opening mark (-1 elsewhere)."""
+    inside = np.zeros(n, dtype=bool)
+    marks = np.zeros(n, dtype=bool)
+    opening_of = np.full(n, -1, dtype=np.int64)  # inside token -> its opening token
+    for opening, closing, _, _ in spans:
+        stop = n if closing is None else closing
+        inside[opening + 1 : stop] = True
+        opening_of[opening + 1 : stop] = opening
+        marks[opening] = True
+        if closing is not None:
+            marks[closing] = True
+    inside &= ~marks
+    return inside, ~inside & ~marks, opening_of
+
+
 def ranks(scores: np.ndarray) -> np.ndarray:
     """Competition ranks, 1 = highest score; NaN ranks last."""
     filled = np.where(np.isnan(scores), -np.inf, scores)
@@ -652,19 +672,9 @@ class CorpusAnalysis:
         ):
             for index, result in zip(batch, results, strict=True):
                 activity = result.activity.astype(np.float64)  # [layer, head, token]
-                n = activity.shape[-1]
-                inside = np.zeros(n, dtype=bool)
-                marks = np.zeros(n, dtype=bool)
-                opening_of = np.full(n, -1, dtype=np.int64)  # inside token -> its opening token
-                for opening, closing, _, _ in spans_by_sequence[index]:
-                    stop = n if closing is None else closing
-                    inside[opening + 1 : stop] = True
-                    opening_of[opening + 1 : stop] = opening
-                    marks[opening] = True
-                    if closing is not None:
-                        marks[closing] = True
-                inside &= ~marks
-                outside = ~inside & ~marks
+                inside, outside, opening_of = quote_masks(
+                    spans_by_sequence[index], activity.shape[-1]
+                )
                 sequence_inside[index] = activity[:, :, inside].sum(axis=-1)
                 sequence_outside[index] = activity[:, :, outside].sum(axis=-1)
                 sequence_inside_count[index] = inside.sum()

@@ -16,6 +16,7 @@ log = logging.getLogger("headscope")
 
 # Subcommand modules, imported lazily so `headscope serve` loads nothing it does not need.
 SUBCOMMAND_MODULES: list[str] = [
+    "headscope.cli.corpus",
     "headscope.cli.figures",
     "headscope.cli.probes",
     "headscope.cli.reproduce",
@@ -80,6 +81,7 @@ SERVE_SETTINGS = [
     "corpus_max_sequences",
     "corpus_max_tokens",
     "corpus_cache_size",
+    "jobs_dir",
     "max_headers",
     "max_header_bytes",
     "keep_alive_timeout",
@@ -109,6 +111,13 @@ def serve(args: argparse.Namespace) -> int:
     # Truncated or tampered files stop the server in a second, before the slow imports below.
     check_artifacts(settings)
 
+    if args.engine == "ray":
+        from headscope.cli.serve_ray import serve_forever
+
+        return serve_forever(settings, args.replicas, args.address)
+    if args.replicas != 1:
+        raise StartupError("--replicas needs --engine ray")
+
     from headscope.analysis.service import load_runtime
     from headscope.api.server import run
     from headscope.app import create_app
@@ -135,6 +144,19 @@ def build_parser() -> tuple[
     commands = parser.add_subparsers(dest="command", required=True)
     serve_parser = commands.add_parser("serve", help="Start the HTTP service.")
     add_settings_arguments(serve_parser, SERVE_SETTINGS)
+    serve_parser.add_argument(
+        "--engine",
+        choices=("uvicorn", "ray"),
+        default="uvicorn",
+        help="uvicorn: one process (default); ray: replicas of the app on Ray Serve "
+        "(pip install 'headscope[ray]').",
+    )
+    serve_parser.add_argument(
+        "--replicas", type=int, default=1, help="Replicas of the app (with --engine ray)."
+    )
+    serve_parser.add_argument(
+        "--address", default=None, help="Ray cluster address (default: a local Ray on 127.0.0.1)."
+    )
     serve_parser.set_defaults(handler=serve)
     for module_name in SUBCOMMAND_MODULES:
         module = __import__(module_name, fromlist=["register"])

@@ -101,9 +101,9 @@ class CorpusSourceRequest(BodyModel):
 
 
 class CorpusSource(BaseModel):
-    kind: Literal["texts", "corpus"] = Field(
+    kind: Literal["texts", "corpus", "job"] = Field(
         description="`texts`: the submitted texts; `corpus`: a seeded draw from the server's "
-        "corpus."
+        "corpus; `job`: every sequence of a corpus, from a finished corpus job."
     )
     sequences: int = Field(description="Number of sequences analysed.")
     tokens: int = Field(description="Number of tokens analysed, over all sequences.")
@@ -122,6 +122,7 @@ class CorpusSource(BaseModel):
     truncated: int = Field(
         default=0, description="How many drawn sequences were cut to `max_tokens` tokens."
     )
+    job: str | None = Field(default=None, description="The corpus job's id (kind `job`).")
 
 
 # -- confidence intervals ----------------------------------------------------------------------

@@ -1,0 +1,250 @@
+"""Finished corpus jobs as the server reads them: job.json and the merged float64 sums, turned
+into the corpus endpoints' answers with the same formulas (ratios of sums over tokens).
+
+Only JSON and safetensors are read, never a pickle. A job's answer has no bootstrap interval:
+that needs the per-sequence sums, which a job over a whole split does not keep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+from safetensors.numpy import load_file
+
+from headscope.analysis.bootstrap import support_warning
+from headscope.errors import InvalidRequest, NotFound, UnknownHead
+from headscope.jobs.run import JOB_FILE, STATISTICS_FILE
+from headscope.jobs.statistics import POSITIONS, Sums
+from headscope.schemas import (
+    ActivityByTagResponse,
+    AttentionByTagResponse,
+    CorpusJob,
+    CorpusJobActivityQuery,
+    CorpusJobAttentionQuery,
+    CorpusSource,
+    QuotesResponse,
+    TagAttention,
+)
+
+log = logging.getLogger("headscope.jobs")
+
+
+def _grid(values: np.ndarray | None) -> list[list[float]] | None:
+    return None if values is None else values.tolist()
+
+
+@dataclass(frozen=True)
+class FinishedJob:
+    job: CorpusJob
+    directory: Path
+
+    @property
+    def source(self) -> CorpusSource:
+        return CorpusSource(
+            kind="job",
+            sequences=self.job.sequences,
+            tokens=self.job.tokens,
+            corpus=self.job.corpus,
+            corpus_sha256=self.job.corpus_sha256,
+            truncated=self.job.truncated,
+            job=self.job.id,
+        )
+
+
+class JobResults:
+    """The finished jobs under one directory (each job in a folder of its own, or the directory
+    itself one job's OUT)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self._sums: dict[tuple[Path, int], Sums] = {}  # by (file, mtime)
+        self._lock = threading.Lock()
+
+    def jobs(self, corpus_sha256: str | None = None) -> list[CorpusJob]:
+        found = [finished.job for finished in self._finished()]
+        if corpus_sha256 is not None:
+            found = [job for job in found if job.corpus_sha256 == corpus_sha256]
+        return sorted(found, key=lambda job: (job.finished or "", job.id), reverse=True)
+
+    def _finished(self) -> list[FinishedJob]:
+        if self.directory is None or not self.directory.is_dir():
+            return []
+        candidates = [self.directory / JOB_FILE, *sorted(self.directory.glob(f"*/{JOB_FILE}"))]
+        finished = []
+        for path in candidates:
+            if not path.is_file():
+                continue
+            try:
+                job = CorpusJob.model_validate(json.loads(path.read_text()))
+            except (OSError, ValueError, ValidationError) as err:
+                log.warning("Skipping %s: not a readable job file (%s)", path, err)
+                continue
+            if job.status == "finished":
+                finished.append(FinishedJob(job, path.parent))
+        return finished
+
+    def job(self, job_id: str) -> FinishedJob:
+        for finished in self._finished():
+            if finished.job.id == job_id:
+                return finished
+        where = (
+            f"the jobs directory {self.directory.name!r}"
+            if self.directory is not None
+            else "no jobs directory (set HEADSCOPE_JOBS_DIR)"
+        )
+        raise NotFound(
+            f"no finished corpus job {job_id!r} in {where}; GET /v1/corpus/jobs lists them",
+            detail={"job": job_id},
+        )
+
+    def _statistics(self, finished: FinishedJob, statistic: str) -> tuple[Sums, dict[str, int]]:
+        if statistic not in finished.job.statistics:
+            raise NotFound(
+                f"corpus job {finished.job.id} did not compute {statistic}; it has: "
+                + (", ".join(finished.job.statistics) or "none"),
+                detail={"job": finished.job.id, "statistics": finished.job.statistics},
+            )
+        path = finished.directory / STATISTICS_FILE
+        key = (path, path.stat().st_mtime_ns)
+        with self._lock:
+            if key not in self._sums:
+                self._sums = {key: load_file(path)}  # the job asked for last stays loaded
+            sums = self._sums[key]
+        return sums, {tag: i for i, tag in enumerate(finished.job.tags)}
+
+    @staticmethod
+    def _tag(tags: dict[str, int], tag: str, field: str) -> int:
+        if tag not in tags:
+            raise InvalidRequest(
+                f"{field} {tag!r} is not a tag the job's tagger produces; tags are: "
+                + ", ".join(sorted(tags)),
+                detail={field: tag, "tags": sorted(tags)},
+            )
+        return tags[tag]
+
+    # -- the corpus questions ------------------------------------------------------------------
+
+    def activity_by_tag(self, job_id: str, query: CorpusJobActivityQuery) -> ActivityByTagResponse:
+        """Every head's mean activity on, before or after a tag, from the job's sums."""
+        finished = self.job(job_id)
+        sums, tags = self._statistics(finished, "activity-by-tag")
+        chosen = self._tag(tags, query.tag, "tag")
+        position = POSITIONS.index(query.position)
+        at_count = int(sums["activity.positions"][position, chosen])
+        mean_all = sums["activity.sum_all"] / sums["tokens"][0]  # [layer, head]
+        mean_at = sums["activity.sum_at"][position, chosen] / at_count if at_count else None
+        with_position = int(sums["activity.sequences_with_position"][position, chosen])
+        return ActivityByTagResponse(
+            tag=query.tag,
+            position=query.position,
+            tag_tokens=int(sums["activity.tag_tokens"][chosen]),
+            positions=at_count,
+            tokens=int(sums["tokens"][0]),
+            mean_at_position=_grid(mean_at),
+            mean_overall=mean_all.tolist(),
+            lift=_grid(None if mean_at is None else mean_at / mean_all),
+            ci=None,
+            warning=support_warning(
+                at_count, with_position, f"the mean {query.position} {query.tag}"
+            ),
+            source=finished.source,
+        )
+
+    def attention_by_tag(
+        self, job_id: str, query: CorpusJobAttentionQuery
+    ) -> AttentionByTagResponse:
+        """Where tokens of one tag put one head's attention, by tag, from the job's sums."""
+        finished = self.job(job_id)
+        sums, tags = self._statistics(finished, "attention-by-tag")
+        mass_all = sums["attention.mass"]  # [layer, head, q tag, k tag]
+        n_layers, n_heads = mass_all.shape[:2]
+        layer, head = query.layer, query.head
+        if not (0 <= layer < n_layers and 0 <= head < n_heads):
+            raise UnknownHead(
+                f"L{layer}H{head} does not exist: the job's model has {n_layers} layers x "
+                f"{n_heads} heads",
+                detail={"layer": layer, "head": head, "n_layers": n_layers, "n_heads": n_heads},
+            )
+        direction = "from" if query.from_tag is not None else "to"
+        tag = query.from_tag if query.from_tag is not None else query.to_tag
+        assert tag is not None
+        chosen = self._tag(tags, tag, f"{direction}_tag")
+        mass = mass_all[layer, head]  # [q tag, k tag]
+        uniform_mass = sums["attention.uniform_mass"][layer]  # [q tag, k tag]
+        counts = sums["attention.tag_tokens"]  # [tag]
+        rows = []
+        if direction == "from":
+            queries = int(counts[chosen])
+            if queries:
+                for key_tag, key in tags.items():
+                    if uniform_mass[chosen, key] > 0:
+                        rows.append(
+                            TagAttention(
+                                tag=key_tag,
+                                attention=float(mass[chosen, key] / queries),
+                                frequency=float(uniform_mass[chosen, key] / queries),
+                                query_tokens=queries,
+                            )
+                        )
+        else:
+            for query_tag, row in tags.items():
+                queries = int(counts[row])
+                if queries:
+                    rows.append(
+                        TagAttention(
+                            tag=query_tag,
+                            attention=float(mass[row, chosen] / queries),
+                            frequency=float(uniform_mass[row, chosen] / queries),
+                            query_tokens=queries,
+                        )
+                    )
+        rows.sort(key=lambda row: (-row.attention, row.tag))
+        with_tag = int(sums["attention.sequences_with_tag"][chosen])
+        return AttentionByTagResponse(
+            layer=layer,
+            head=head,
+            direction=direction,  # type: ignore[arg-type]
+            tag=tag,
+            tag_tokens=int(counts[chosen]),
+            rows=rows,
+            ci=None,
+            warning=support_warning(int(counts[chosen]), with_tag, f"{tag} ({direction})"),
+            source=finished.source,
+        )
+
+    def quotes(self, job_id: str) -> QuotesResponse:
+        """Every head's activity inside quotations against outside, from the job's sums."""
+        finished = self.job(job_id)
+        sums, _ = self._statistics(finished, "quotes")
+        inside_count = int(sums["quotes.inside_tokens"][0])
+        outside_count = int(sums["quotes.outside_tokens"][0])
+        mean_inside = sums["quotes.sum_inside"] / inside_count if inside_count else None
+        mean_outside = sums["quotes.sum_outside"] / outside_count if outside_count else None
+        ratio = (
+            mean_inside / mean_outside
+            if mean_inside is not None and mean_outside is not None
+            else None
+        )
+        to_opening = sums["quotes.sum_to_opening"] / inside_count if inside_count else None
+        return QuotesResponse(
+            spans=[],
+            inside_tokens=inside_count,
+            outside_tokens=outside_count,
+            mean_inside=_grid(mean_inside),
+            mean_outside=_grid(mean_outside),
+            ratio=_grid(ratio),
+            attention_to_opening=_grid(to_opening),
+            ci=None,
+            warning=support_warning(
+                inside_count,
+                int(sums["quotes.sequences_with_inside"][0]),
+                "the mean inside quotations",
+            ),
+            source=finished.source,
+        )
