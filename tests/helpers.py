@@ -41,6 +41,39 @@ def make_random_model_dir(target: Path, seed: int = 0) -> Path:
     return target
 
 
+# The GPT-Neo TinyStories family: 16 heads each, head size hidden / 16 (the 1M model's is 4).
+# name -> (layers, hidden): 1M (8 x 64), 33M (4 x 768), and the one-layer hidden-1024 model.
+FAMILY = {"1M": (8, 64), "33M": (4, 768), "1Layer-1024": (1, 1024)}
+
+
+def make_family_model_dir(target: Path, layers: int, hidden: int, seed: int = 0) -> Path:
+    """A TinyStories-family geometry (TinyStories-1M's config with `layers` and `hidden`, 16
+    heads, global and local layers alternating) with random weights (fixed seed) + the real
+    tokenizer, saved in the hub layout."""
+    import json
+
+    import torch
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    target.mkdir(parents=True, exist_ok=True)
+    raw = json.loads(CONFIG_1M.read_text())
+    kinds = ["global", "local"] if layers % 2 == 0 else ["global"]
+    raw |= {
+        "num_layers": layers,
+        "hidden_size": hidden,
+        "attention_types": [[kinds, layers // len(kinds)]],
+    }
+    skip = ("architectures", "attention_layers")  # the config expands attention_types itself
+    config = GPTNeoConfig(**{k: v for k, v in raw.items() if k not in skip})
+    config.architectures = raw["architectures"]
+    torch.manual_seed(seed)
+    model = GPTNeoForCausalLM(config)
+    model.save_pretrained(target, safe_serialization=True)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(TOKENIZER_DIR / name, target / name)
+    return target
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
