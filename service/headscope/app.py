@@ -18,7 +18,7 @@ from headscope.analysis.pool import AnalysisPool, HeapTrimmer, WriteBacklog
 from headscope.api.deps import bearer_scheme
 from headscope.api.guards import install_middleware
 from headscope.api.responses import response_for
-from headscope.api.routes import analysis, corpus, figures, health, model, probes
+from headscope.api.routes import ablation, analysis, corpus, figures, health, model, probes
 from headscope.errors import HeadscopeError
 from headscope.schemas import ErrorResponse
 from headscope.settings import Settings
@@ -102,7 +102,8 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
     # The key itself is checked by ApiKeyMiddleware, the one check; the dependency declares the
     # scheme in the OpenAPI document.
     documented_auth = [Depends(bearer_scheme)]
-    for router in (model.router, analysis.router, corpus.router, figures.router, probes.router):
+    routers = (model.router, analysis.router, corpus.router, figures.router, probes.router)
+    for router in (*routers, ablation.router):
         app.include_router(router, dependencies=documented_auth)
     install_middleware(app, settings)
     install_viewer(app)

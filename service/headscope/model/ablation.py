@@ -27,8 +27,9 @@ from headscope.model.engine import AnalysisEngine
 from headscope.model.stopping import AnalysisStopped, stop_signal
 
 # (row, position) pairs whose logits are computed at once: the [pairs, vocab] logits of a chunk
-# are the largest buffer of the ablation statistics.
-LOGIT_CHUNK = 16
+# are the largest buffer of the ablation statistics (the chunk size is measured in
+# bench/README.md).
+LOGIT_CHUNK = 128
 
 
 def ablation_values(engine: AnalysisEngine, mean_z: Tensor | None) -> Tensor:

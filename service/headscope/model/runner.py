@@ -188,11 +188,18 @@ class ModelRunner:
         """(clean [position], ablated [head, position]): the next token's loss at `positions`
         (default: every position with a next token), with each of `heads` ablated alone; the
         shared prefix is computed once (headscope.model.ablation)."""
-        input_ids = torch.tensor([list(ids)], dtype=torch.long)
-        clean, ablated = single_head_ablations(self.engine, input_ids, heads, self._values(mean_z))
+        all_ids = torch.tensor(list(ids), dtype=torch.long)
         chosen = None if positions is None else torch.tensor(list(positions), dtype=torch.long)
+        # Attention is causal: tokens after the last position asked about change nothing there.
+        length = len(ids) - 1 if chosen is None else int(chosen.max()) + 1
+        clean, ablated = single_head_ablations(
+            self.engine, all_ids[None, :length], heads, self._values(mean_z)
+        )
         stats = next_token_stats(
-            self.engine, torch.cat([clean[None], ablated]), input_ids[0, 1:], positions=chosen
+            self.engine,
+            torch.cat([clean[None], ablated]),
+            all_ids[1 : length + 1],
+            positions=chosen,
         )
         loss = stats.loss.numpy()
         return loss[0], loss[1:]
