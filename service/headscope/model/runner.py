@@ -20,7 +20,7 @@ from headscope.model.ablation import (
     next_token_stats,
     single_head_ablations,
 )
-from headscope.model.backends.base import Ablation, Geometry
+from headscope.model.backends.base import Ablation, ForwardRequest, Geometry
 from headscope.model.backends.native import load_attention_kernel
 from headscope.model.batching import length_groups, pad_batch, split_output
 from headscope.model.engine import AnalysisEngine, EngineOutput
@@ -163,8 +163,13 @@ class ModelRunner:
         positions 0..len(ids) - 2."""
         input_ids = torch.tensor([list(ids)], dtype=torch.long)
         ablation = Ablation(head_mask(self.engine, heads), self._values(mean_z))
-        clean = self.engine.run(input_ids, final=True).final
-        ablated = self.engine.run(input_ids, final=True, ablation=ablation).final
+        # Both runs on one backend, so the change is the ablation's alone, not a difference in
+        # float32 rounding between backends.
+        backend = self.engine.backend_for(
+            ForwardRequest(last_layer=self.geometry.n_layers - 1, final=True, ablation=ablation)
+        ).name
+        clean = self.engine.run(input_ids, final=True, backend=backend).final
+        ablated = self.engine.run(input_ids, final=True, ablation=ablation, backend=backend).final
         assert clean is not None and ablated is not None
         stats = next_token_stats(
             self.engine, torch.cat([clean, ablated]), input_ids[0, 1:], top_k=top_k
