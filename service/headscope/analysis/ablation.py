@@ -135,7 +135,7 @@ class AblationAnalysis:
                 )
             ]
 
-        predictions = []
+        predictions: list[dict] = []
         for position in range(len(encoded) - 1):
             next_index = position + 1
             start, end = encoded.offsets[next_index]
@@ -160,7 +160,7 @@ class AblationAnalysis:
         by_tag: dict[str, list[dict]] = {}
         for prediction in predictions:
             by_tag.setdefault(prediction["next_tag"], []).append(prediction)
-        rows = [
+        rows: list[dict] = [
             {
                 "tag": tag,
                 "tokens": len(group),
