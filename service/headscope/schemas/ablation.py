@@ -16,6 +16,7 @@ from headscope.schemas.core import (
     refuse_duplicates,
 )
 from headscope.schemas.corpus import (
+    WARNING_DESCRIPTION,
     CorpusSource,
     CorpusSourceRequest,
     Grid,
@@ -130,8 +131,8 @@ class AblationMeans(BaseModel):
 
 
 class AblateResponse(BaseModel):
-    heads: list[HeadRef]
-    mode: AblationMode
+    heads: list[HeadRef] = Field(description="The heads ablated together.")
+    mode: AblationMode = Field(description="How they were ablated.")
     means: AblationMeans | None = Field(
         default=None, description="The mean z's source (mode `mean` only)."
     )
@@ -201,9 +202,9 @@ class CorpusAblationIntervals(Intervals):
 
 
 class CorpusAblationResponse(BaseModel):
-    mode: AblationMode
+    mode: AblationMode = Field(description="How the heads were ablated.")
     heads: list[HeadRef] | None = Field(description="The heads ablated together, or null.")
-    tag: str | None
+    tag: str | None = Field(description="The next-token tag counted, or null for every tag.")
     means: AblationMeans | None = Field(default=None, description="Mode `mean`: the source.")
     by_next_tag: list[AblationTagRow] | None = Field(
         default=None, description="With `heads`: mean loss change per next-token tag."
@@ -217,9 +218,11 @@ class CorpusAblationResponse(BaseModel):
         description="With all_heads: [layer][head] mean loss change on predictions of `tag` "
         "when that head alone is ablated.",
     )
-    ci: CorpusAblationIntervals | None = None
-    warning: str | None = None
-    source: CorpusSource
+    ci: CorpusAblationIntervals | None = Field(
+        default=None, description="95% bootstrap intervals over sequences."
+    )
+    warning: str | None = Field(default=None, description=WARNING_DESCRIPTION)
+    source: CorpusSource = Field(description="What was analysed.")
 
 
 # -- per-head scores -----------------------------------------------------------------------------
@@ -250,11 +253,11 @@ class HeadScoresQuery(RequestModel):
 
 
 class HeadScoresResponse(BaseModel):
-    kind: str
+    kind: str = Field(description="Which score.")
     scores: Grid = Field(description="[layer][head] score, in the model's geometry.")
-    n_layers: int
-    n_heads: int
-    seed: int
-    n_sequences: int
-    length: int
+    n_layers: int = Field(description="Rows of the grid: the model's layers.")
+    n_heads: int = Field(description="Columns of the grid: heads per layer.")
+    seed: int = Field(description="Seed of the random token sequences.")
+    n_sequences: int = Field(description="Random sequences averaged.")
+    length: int = Field(description="Tokens before the repeat.")
     method: str = Field(description="How the scores are computed.")
