@@ -19,6 +19,7 @@ from typing import Any
 from headscope.reproduce.report import (
     FIGURES_FOLDER,
     Report,
+    ablation_rows,
     build_claims,
     grid_comparisons,
     headline,
@@ -59,6 +60,7 @@ def reproduce(
         activity = study.activity()
         attention = study.attention()
         ranking = study.ranking()
+        ablation = study.ablation()
         info = runtime.info().model_dump(mode="json")
     finally:
         runtime.close()
@@ -69,7 +71,7 @@ def reproduce(
     )
     claims = build_claims(run, quotes, activity, attention, comparable)
     grids = grid_comparisons(run)
-    statistics = [quotes, *activity.values(), *attention.values()]
+    statistics = [quotes, *activity.values(), *attention.values(), *ablation.values()]
     warnings = sorted({s["warning"] for s in statistics if s.get("warning")})
     reference = paper_reference()
     results: dict[str, Any] = {
@@ -88,8 +90,14 @@ def reproduce(
         "grid_comparison": {v: [row.as_dict() for row in rows] for v, rows in grids.items()},
         "selectivity": selectivity_rows(run),
         "rankings": ranking_rows(ranking),
+        "ablation": ablation_rows(ablation),
         "warnings": warnings,
-        "statistics": {"quotes": quotes, "activity": activity, "attention": attention},
+        "statistics": {
+            "quotes": quotes,
+            "activity": activity,
+            "attention": attention,
+            "ablation": ablation,
+        },
         "reference": {"about": reference.about, "provenance": reference.provenance},
         "stages": [asdict(record) for record in study.records],
         "run_seconds": time.monotonic() - started,
