@@ -102,3 +102,17 @@ def test_the_ablation_section_reports_each_case_study_head(quick_report):
     markdown = (out / "report.md").read_text()
     assert "## Do these heads matter?" in markdown
     assert "Do these heads matter?" in (out / "index.html").read_text()
+
+
+def test_the_case_study_heads_are_placed_by_head_scores(quick_report):
+    out, _ = quick_report
+    results = json.loads((out / "results.json").read_text())
+    rows = {(row["kind"], row["head"]): row for row in results["head_scores"]}
+    kinds = ("induction", "previous_token", "duplicate_token")
+    assert set(rows) == {(k, h) for k in kinds for h in ("L2H0", "L5H5", "L6H4")}
+    for (kind, head), row in rows.items():
+        grid = results["statistics"]["head_scores"][kind]["scores"]
+        layer, index = int(head[1]), int(head[3:])
+        assert row["score"] == grid[layer][index]
+        assert row["rank"] == 1 + sum(v > row["score"] for line in grid for v in line)
+    assert "Where the case studies' heads stand" in (out / "report.md").read_text()

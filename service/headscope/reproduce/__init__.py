@@ -22,6 +22,7 @@ from headscope.reproduce.report import (
     ablation_rows,
     build_claims,
     grid_comparisons,
+    head_score_rows,
     headline,
     is_paper_model,
     probe_summary,
@@ -61,6 +62,7 @@ def reproduce(
         attention = study.attention()
         ranking = study.ranking()
         ablation = study.ablation()
+        head_scores = study.head_scores()
         info = runtime.info().model_dump(mode="json")
     finally:
         runtime.close()
@@ -91,12 +93,14 @@ def reproduce(
         "selectivity": selectivity_rows(run),
         "rankings": ranking_rows(ranking),
         "ablation": ablation_rows(ablation),
+        "head_scores": head_score_rows(head_scores),
         "warnings": warnings,
         "statistics": {
             "quotes": quotes,
             "activity": activity,
             "attention": attention,
             "ablation": ablation,
+            "head_scores": head_scores,
         },
         "reference": {"about": reference.about, "provenance": reference.provenance},
         "stages": [asdict(record) for record in study.records],

@@ -29,11 +29,13 @@ from headscope.errors import InvalidRequest
 from headscope.model.probe_features import Progress, no_progress
 from headscope.reproduce.compare import MIN_SUPPORT
 from headscope.schemas import (
+    HEAD_SCORE_KINDS,
     ActivityByTagRequest,
     AttentionByTagRequest,
     CorpusAblationRequest,
     HeadRankQuery,
     HeadRef,
+    HeadScoresQuery,
     QuotesRequest,
 )
 
@@ -236,6 +238,21 @@ class Study:
             return results
 
         return self._stage("ablation", compute)
+
+    def head_scores(self) -> dict[str, dict]:
+        """Every head's induction, previous-token and duplicate-token score (the paper suggests
+        L6H4 and L5H5 act as part-of-speech induction heads)."""
+
+        def compute() -> dict[str, dict]:
+            ablations = AblationAnalysis(self.analysis)
+            return {
+                kind: ablations.head_scores(
+                    HeadScoresQuery(kind=kind, seed=self.config.seed)  # type: ignore[arg-type]
+                ).model_dump(mode="json")
+                for kind in HEAD_SCORE_KINDS
+            }
+
+        return self._stage("head_scores", compute)
 
     def rankable_tags(self) -> list[str]:
         """The probe run's tags with at least MIN_SUPPORT held-out tokens: the only ones ranked."""
