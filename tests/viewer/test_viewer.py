@@ -455,4 +455,11 @@ def test_ablation_view_shows_the_apis_loss_changes(new_page, viewer_server, scre
         atol=TOLERANCE,
     )
     assert page.text_content("#ablation-title") == "L2H0 ablated (zero z)"
+    # The grid coloured by a head score: the API's grid, cell for cell.
+    page.select_option("#measure", "induction")
+    settle(page)
+    scores = httpx.get(f"{viewer_server}/v1/heads/scores", params={"kind": "induction"}).json()
+    np.testing.assert_allclose(
+        values(page, "#grid .cell"), np.array(scores["scores"]).ravel(), atol=TOLERANCE
+    )
     page.screenshot(path=screenshots / "7-ablation.png", full_page=True)

@@ -265,6 +265,12 @@ async function showView(view) {
 
 // -- the grid -----------------------------------------------------------------------------------
 
+const HEAD_SCORES = new Map([
+  ["induction", "Induction"],
+  ["previous_token", "Previous-token"],
+  ["duplicate_token", "Duplicate-token"],
+]);
+
 async function paintGrid() {
   const { measure } = state;
   $("probe-options").hidden = measure !== "probe";
@@ -295,6 +301,17 @@ async function gridValues(measure) {
       values: scores.scores,
       centre: metric === "selectivity" ? 0 : null,
       caption: `Probe ${metric} for ${probeTag} from each head's ${vector} vector (run ${probeRun.run_id}${support}).`,
+    };
+  }
+  if (HEAD_SCORES.has(measure)) {
+    const response = await cached(`scores ${measure}`, () => api.headScores(measure));
+    return {
+      values: response.scores,
+      caption:
+        `${HEAD_SCORES.get(measure)} score of every head: its mean attention to the position ` +
+        `the score names, on ${response.n_sequences} seeded sequences of ${response.length} ` +
+        "random tokens repeated once (GET /v1/heads/scores describes the method).",
+      describe: (value) => `score ${value.toFixed(3)}`,
     };
   }
   if (measure === "lift") {
