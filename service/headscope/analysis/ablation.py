@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -88,7 +89,8 @@ class AblationAnalysis:
         id_lists = [self.corpus._encode_truncated(corpus.sequences[i])[0].ids for i in indices]
         total, tokens = self.runtime.runner.z_sums(id_lists)
         means = AblationMeans(
-            corpus=str(corpus.source),
+            # The name only, as GET /v1/corpus/sequence gives it: not the server's folders.
+            corpus=Path(corpus.source).name,
             corpus_sha256=corpus.sha256,
             seed=MEAN_SEED,
             sequences=count,
