@@ -42,6 +42,56 @@ def make_random_model_dir(target: Path, seed: int = 0) -> Path:
     return target
 
 
+# The GPT-Neo TinyStories family: 16 heads each, head size hidden / 16 (the 1M model's is 4).
+# name -> (layers, hidden): 1M (8 x 64), 33M (4 x 768), and the one-layer hidden-1024 model.
+FAMILY = {"1M": (8, 64), "33M": (4, 768), "1Layer-1024": (1, 1024)}
+
+
+def make_family_model_dir(target: Path, layers: int, hidden: int, seed: int = 0) -> Path:
+    """A TinyStories-family geometry (TinyStories-1M's config with `layers` and `hidden`, 16
+    heads, global and local layers alternating) with random weights (fixed seed) + the real
+    tokenizer, saved in the hub layout.
+
+    The weights are drawn directly (the model built on the meta device for its parameter names
+    and shapes): Hugging Face's own initialisation of a 33M model takes most of a minute on a
+    small CPU."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+    from transformers import GPTNeoConfig, GPTNeoForCausalLM
+
+    target.mkdir(parents=True, exist_ok=True)
+    raw = json.loads(CONFIG_1M.read_text())
+    kinds = ["global", "local"] if layers % 2 == 0 else ["global"]
+    raw |= {
+        "num_layers": layers,
+        "hidden_size": hidden,
+        "attention_types": [[kinds, layers // len(kinds)]],
+    }
+    skip = ("architectures", "attention_layers")  # the config expands attention_types itself
+    config = GPTNeoConfig(**{k: v for k, v in raw.items() if k not in skip})
+    config.architectures = raw["architectures"]
+    with torch.device("meta"):
+        shapes = {name: p.shape for name, p in GPTNeoForCausalLM(config).named_parameters()}
+    generator = torch.Generator().manual_seed(seed)
+    tensors = {}
+    for name, shape in shapes.items():
+        if name == "lm_head.weight":
+            continue  # tied to transformer.wte.weight
+        values = torch.randn(shape, generator=generator)
+        if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or "ln_f.weight" in name:
+            values = 1.0 + 0.1 * values
+        else:
+            values = 0.02 * values
+        tensors[name] = values.contiguous()
+    save_file(tensors, target / "model.safetensors", metadata={"format": "pt"})
+    config.save_pretrained(target)
+    for name in ("vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(TOKENIZER_DIR / name, target / name)
+    return target
+
+
 class ServerThread:
     """A real uvicorn server running an app in a background thread: on 127.0.0.1, a free port,
     with uvicorn's defaults and `options`, or as a ready-made `config` says."""

@@ -59,6 +59,8 @@ Alignment = Literal["overlap", "paper"]
 Position = Literal["on", "before", "after"]
 ProbeMetric = Literal["f1", "precision", "recall", "selectivity"]
 ProbeVector = Literal["key", "query", "value"]
+AblationMode = Literal["zero", "mean"]
+HeadScoreKind = Literal["induction", "previous_token", "duplicate_token"]
 # Precision of returned numbers: the engine's float32, or rounded to float16.
 ArrayDType = Literal["float32", "float16"]
 # How a result travels. `auto`: safetensors when numpy and safetensors are installed, else JSON.
@@ -421,6 +423,53 @@ class BaseClient:
             }
         )
         return APICall("GET", "/v1/heads/rank", models.HeadRankResult, params=params)
+
+    # -- ablation and head scores ----------------------------------------------------------------
+
+    @staticmethod
+    def _heads(heads: Iterable[tuple[int, int]]) -> list[dict[str, int]]:
+        return [{"layer": layer, "head": head} for layer, head in heads]
+
+    def _ablate_call(
+        self, text: str, heads: Iterable[tuple[int, int]], mode: str | None, top_k: int | None
+    ) -> APICall[models.AblateResult]:
+        body = {
+            "text": text,
+            "heads": self._heads(heads),
+            **_drop_none({"mode": mode, "top_k": top_k}),
+        }
+        return APICall("POST", "/v1/ablate", models.AblateResult, json=body)
+
+    def _corpus_ablation_call(
+        self,
+        heads: Iterable[tuple[int, int]] | None,
+        all_heads: bool,
+        mode: str | None,
+        tag: str | None,
+        texts: Iterable[str] | None,
+        n_sequences: int | None,
+        seed: int | None,
+    ) -> APICall[models.CorpusAblationResult]:
+        body = {
+            **self._source(texts, n_sequences, seed),
+            **_drop_none(
+                {
+                    "heads": None if heads is None else self._heads(heads),
+                    "all_heads": all_heads or None,
+                    "mode": mode,
+                    "tag": tag,
+                }
+            ),
+        }
+        return APICall("POST", "/v1/corpus/ablation", models.CorpusAblationResult, json=body)
+
+    def _head_scores_call(
+        self, kind: str, seed: int | None, n_sequences: int | None, length: int | None
+    ) -> APICall[models.HeadScoresResult]:
+        params = _drop_none(
+            {"kind": kind, "seed": seed, "n_sequences": n_sequences, "length": length}
+        )
+        return APICall("GET", "/v1/heads/scores", models.HeadScoresResult, params=params)
 
     # -- figures (PNG bytes) ------------------------------------------------------------------
 

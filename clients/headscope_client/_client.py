@@ -19,12 +19,14 @@ import httpx
 
 from headscope_client import _models as models
 from headscope_client._base import (
+    AblationMode,
     Alignment,
     APICall,
     ArrayDType,
     ArrayFormat,
     BaseClient,
     HeadLike,
+    HeadScoreKind,
     Position,
     ProbeMetric,
     ProbeVector,
@@ -336,6 +338,47 @@ class Client(BaseClient):
         return self._send(
             self._rank_heads_call(tag, vector, metric, position, n_sequences, seed, limit)
         )
+
+    def ablate(
+        self,
+        text: str,
+        heads: Iterable[tuple[int, int]],
+        *,
+        mode: AblationMode | None = None,
+        top_k: int | None = None,
+    ) -> models.AblateResult:
+        """POST /v1/ablate: per token, the next token's loss, logit, probability and top-k
+        without and with `heads` ((layer, head) pairs) ablated together, and by next tag."""
+        return self._send(self._ablate_call(text, heads, mode, top_k))
+
+    def corpus_ablation(
+        self,
+        *,
+        heads: Iterable[tuple[int, int]] | None = None,
+        all_heads: bool = False,
+        mode: AblationMode | None = None,
+        tag: str | None = None,
+        texts: Iterable[str] | None = None,
+        n_sequences: int | None = None,
+        seed: int | None = None,
+    ) -> models.CorpusAblationResult:
+        """POST /v1/corpus/ablation: mean loss change per next-token tag with intervals, or
+        (`all_heads`) the [layer, head] grid of single-head ablation effects for `tag`."""
+        return self._send(
+            self._corpus_ablation_call(heads, all_heads, mode, tag, texts, n_sequences, seed)
+        )
+
+    def head_scores(
+        self,
+        kind: HeadScoreKind,
+        *,
+        seed: int | None = None,
+        n_sequences: int | None = None,
+        length: int | None = None,
+    ) -> models.HeadScoresResult:
+        """GET /v1/heads/scores: every head's induction, previous-token or duplicate-token
+        score on repeated random tokens, as a [layer, head] grid."""
+        return self._send(self._head_scores_call(kind, seed, n_sequences, length))
 
     def activity_figure(
         self,
@@ -715,6 +758,47 @@ class AsyncClient(BaseClient):
         return await self._send(
             self._rank_heads_call(tag, vector, metric, position, n_sequences, seed, limit)
         )
+
+    async def ablate(
+        self,
+        text: str,
+        heads: Iterable[tuple[int, int]],
+        *,
+        mode: AblationMode | None = None,
+        top_k: int | None = None,
+    ) -> models.AblateResult:
+        """POST /v1/ablate: per token, the next token's loss, logit, probability and top-k
+        without and with `heads` ((layer, head) pairs) ablated together, and by next tag."""
+        return await self._send(self._ablate_call(text, heads, mode, top_k))
+
+    async def corpus_ablation(
+        self,
+        *,
+        heads: Iterable[tuple[int, int]] | None = None,
+        all_heads: bool = False,
+        mode: AblationMode | None = None,
+        tag: str | None = None,
+        texts: Iterable[str] | None = None,
+        n_sequences: int | None = None,
+        seed: int | None = None,
+    ) -> models.CorpusAblationResult:
+        """POST /v1/corpus/ablation: mean loss change per next-token tag with intervals, or
+        (`all_heads`) the [layer, head] grid of single-head ablation effects for `tag`."""
+        return await self._send(
+            self._corpus_ablation_call(heads, all_heads, mode, tag, texts, n_sequences, seed)
+        )
+
+    async def head_scores(
+        self,
+        kind: HeadScoreKind,
+        *,
+        seed: int | None = None,
+        n_sequences: int | None = None,
+        length: int | None = None,
+    ) -> models.HeadScoresResult:
+        """GET /v1/heads/scores: every head's induction, previous-token or duplicate-token
+        score on repeated random tokens, as a [layer, head] grid."""
+        return await self._send(self._head_scores_call(kind, seed, n_sequences, length))
 
     async def activity_figure(
         self,

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "AblateResult",
+    "CorpusAblationResult",
+    "HeadScoresResult",
     "ActivityByTagResult",
     "ActivityResult",
     "AnalyzeResult",
@@ -564,3 +567,34 @@ class ProbePrediction(schemas.ProbePredictResponse):
             for token, prediction in zip(self.tokens, self.predictions, strict=True)
         )
         return hits / len(self.tokens)
+
+
+class AblateResult(schemas.AblateResponse):
+    model_config = ConfigDict(extra="allow")
+
+    def to_pandas(self) -> pd.DataFrame:
+        """One row per prediction: index, next_text, next_tag, loss_before, loss_after,
+        loss_change, logit and probability before and after (the top-k lists left out)."""
+        pandas = _pandas()
+        rows = [
+            prediction.model_dump(exclude={"top_before", "top_after"})
+            for prediction in self.predictions
+        ]
+        return pandas.DataFrame(rows)
+
+
+class CorpusAblationResult(schemas.CorpusAblationResponse):
+    model_config = ConfigDict(extra="allow")
+
+    def to_numpy(self, dtype: Any = None) -> np.ndarray:
+        """With all_heads: the grid of mean loss changes, shape [layer, head]. Raises
+        ValueError when the result has no grid (heads were ablated together)."""
+        return _grid(self, "grid", dtype)
+
+
+class HeadScoresResult(schemas.HeadScoresResponse):
+    model_config = ConfigDict(extra="allow")
+
+    def to_numpy(self, dtype: Any = None) -> np.ndarray:
+        """The scores as an array of shape [layer, head]."""
+        return to_array(self.scores, dtype)

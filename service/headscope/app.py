@@ -19,7 +19,7 @@ from headscope.api.deps import bearer_scheme
 from headscope.api.guards import install_middleware
 from headscope.api.lean import LeanRoutes
 from headscope.api.responses import response_for
-from headscope.api.routes import analysis, corpus, figures, health, jobs, model, probes
+from headscope.api.routes import ablation, analysis, corpus, figures, health, jobs, model, probes
 from headscope.errors import HeadscopeError
 from headscope.schemas import ErrorResponse
 from headscope.settings import Settings
@@ -106,6 +106,7 @@ def create_app(settings: Settings | None = None, runtime=None) -> FastAPI:
     for router in (
         model.router,
         analysis.router,
+        ablation.router,
         corpus.router,
         jobs.router,
         figures.router,

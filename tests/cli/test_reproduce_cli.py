@@ -84,3 +84,35 @@ def test_second_run_resumes_from_the_stage_cache(quick_report, capsys):
     again = json.loads((out / "results.json").read_text())
     assert [stage["cached"] for stage in again["stages"]] == [True] * len(again["stages"])
     assert again["claims"] == first["claims"]
+
+
+def test_the_ablation_section_reports_each_case_study_head(quick_report):
+    out, _ = quick_report
+    results = json.loads((out / "results.json").read_text())
+    rows = {(row["head"], row["tag"]): row for row in results["ablation"]}
+    assert set(rows) == {("L2H0", "``"), ("L2H0", "''"), ("L6H4", "VBD"), ("L5H5", "NN")}
+    for (head, tag), row in rows.items():
+        statistic = results["statistics"]["ablation"][f"{head} {tag}"]
+        assert statistic["heads"] == [{"layer": int(head[1]), "head": int(head[3:])}]
+        if row["predictions"]:
+            (by_tag,) = statistic["by_next_tag"]
+            assert row["mean_loss_change"] == pytest.approx(by_tag["mean_loss_change"])
+            if row["ci_low"] is not None:
+                assert row["ci_low"] <= row["mean_loss_change"] <= row["ci_high"]
+    markdown = (out / "report.md").read_text()
+    assert "## Do these heads matter?" in markdown
+    assert "Do these heads matter?" in (out / "index.html").read_text()
+
+
+def test_the_case_study_heads_are_placed_by_head_scores(quick_report):
+    out, _ = quick_report
+    results = json.loads((out / "results.json").read_text())
+    rows = {(row["kind"], row["head"]): row for row in results["head_scores"]}
+    kinds = ("induction", "previous_token", "duplicate_token")
+    assert set(rows) == {(k, h) for k in kinds for h in ("L2H0", "L5H5", "L6H4")}
+    for (kind, head), row in rows.items():
+        grid = results["statistics"]["head_scores"][kind]["scores"]
+        layer, index = int(head[1]), int(head[3:])
+        assert row["score"] == grid[layer][index]
+        assert row["rank"] == 1 + sum(v > row["score"] for line in grid for v in line)
+    assert "Where the case studies' heads stand" in (out / "report.md").read_text()

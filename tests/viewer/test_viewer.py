@@ -20,7 +20,7 @@ from tests.helpers import ServerThread
 TEXT = 'Tom looked at the sky. He said, "The sun is hot today." Then he ran to the lake.'
 PAIR = "Tom looked at the sky. He said that the sun was hot today. Then he ran to the lake."
 TOLERANCE = 1e-4
-VIEWS = ("tokens", "activity", "attention", "probe", "corpus", "compare")
+VIEWS = ("tokens", "activity", "attention", "probe", "corpus", "compare", "ablation")
 
 
 def settle(page) -> None:
@@ -434,3 +434,32 @@ def test_docs_and_redoc_render_offline(new_page, viewer_server, screenshots):
     page.goto(f"{viewer_server}/redoc")
     page.wait_for_selector(".api-content h1", timeout=30_000)
     page.screenshot(path=screenshots / "11-redoc.png")
+
+
+def test_ablation_view_shows_the_apis_loss_changes(new_page, viewer_server, screenshots):
+    page = open_viewer(new_page, viewer_server)
+    show(page, "ablation")
+    ablated = post(
+        viewer_server,
+        "/v1/ablate",
+        {"text": TEXT, "heads": [{"layer": 2, "head": 0}], "mode": "zero", "top_k": 1},
+    )
+    np.testing.assert_allclose(
+        values(page, "#ablation-rows td[data-value]"),
+        [p["loss_change"] for p in ablated["predictions"]],
+        atol=TOLERANCE,
+    )
+    np.testing.assert_allclose(
+        values(page, "#ablation-tags td[data-value]"),
+        [row["mean_loss_change"] for row in ablated["by_next_tag"]],
+        atol=TOLERANCE,
+    )
+    assert page.text_content("#ablation-title") == "L2H0 ablated (zero z)"
+    # The grid coloured by a head score: the API's grid, cell for cell.
+    page.select_option("#measure", "induction")
+    settle(page)
+    scores = httpx.get(f"{viewer_server}/v1/heads/scores", params={"kind": "induction"}).json()
+    np.testing.assert_allclose(
+        values(page, "#grid .cell"), np.array(scores["scores"]).ravel(), atol=TOLERANCE
+    )
+    page.screenshot(path=screenshots / "7-ablation.png", full_page=True)

@@ -30,6 +30,7 @@ from torch import Tensor
 from headscope.model.activity import ACTIVITY, ActivityFormula
 from headscope.model.backends.base import (
     ACTIVATIONS,
+    Ablation,
     Backend,
     ForwardRequest,
     Geometry,
@@ -41,7 +42,7 @@ from headscope.model.backends.torch_fast import TorchBackend
 from headscope.model.loading import ModelConfig
 from headscope.model.stopping import AnalysisStopped, stop_signal
 
-__all__ = ["ACTIVATIONS", "AnalysisEngine", "EngineOutput", "Geometry"]
+__all__ = ["ACTIVATIONS", "Ablation", "AnalysisEngine", "EngineOutput", "Geometry"]
 
 log = logging.getLogger("headscope.engine")
 
@@ -62,6 +63,8 @@ class EngineOutput:
     values: Tensor | None = None  # [batch, layer, head, token, d_head]
     contributions: Tensor | None = None  # [batch, layer, head, token, d_model]
     attention_outputs: Tensor | None = None  # [batch, layer, token, d_model], incl. out_proj bias
+    z: Tensor | None = None  # [batch, layer, head, token, d_head], after any ablation
+    final: Tensor | None = None  # [batch, token, d_model]: ln_f of the last residual stream
 
 
 class AnalysisEngine:
@@ -155,18 +158,28 @@ class AnalysisEngine:
         all_patterns: bool = False,
         vectors: bool = False,
         contributions: bool = False,
+        z: bool = False,
+        final: bool = False,
+        ablation: Ablation | None = None,
         backend: str | None = None,
     ) -> EngineOutput:
         """One forward pass up to `last_layer` (default: the last), keeping what was asked for.
 
+        `final`: the whole model, to the last LayerNorm (`EngineOutput.final`; `logits` turns it
+        into logits). `ablation`: heads whose z is replaced before W_O, per sequence.
         `backend` names the backend to start from ("reference", "torch", "native"); by default
         the preferred one that can compute the request."""
+        if final and last_layer not in (None, self.geometry.n_layers - 1):
+            raise ValueError("the final residual stream needs every layer")
         request = ForwardRequest(
             last_layer=self.geometry.n_layers - 1 if last_layer is None else last_layer,
             patterns=frozenset(patterns),
             all_patterns=all_patterns,
             vectors=vectors,
             contributions=contributions,
+            z=z,
+            final=final,
+            ablation=ablation,
         )
         chosen = self.backend_for(request, backend)
         stop = stop_signal()  # read here: the part threads below do not share this context
@@ -247,14 +260,14 @@ class AnalysisEngine:
         g = self.geometry
         batch, length = input_ids.shape
         n_layers = request.last_layer + 1
-        hidden = F.embedding(input_ids, self._wte) + self._wpe[:length]  # [batch, token, d_model]
+        hidden = self.embed(input_ids)  # [batch, token, d_model]
         if activity is None:
             activity = torch.empty(n_layers, batch, g.n_heads, length)  # [layer, b, head, token]
         # Patterns are written straight into their final home: no per-layer list, no stack copy.
         if pattern_store is None and request.all_patterns:
             pattern_store = torch.empty(n_layers, batch, g.n_heads, length, length)
         kept_patterns: dict[tuple[int, int], Tensor] = {}
-        keys, queries, values, contributions, attention_outputs = [], [], [], [], []
+        keys, queries, values, contributions, attention_outputs, zs = [], [], [], [], [], []
 
         layers = backend.start(hidden, request, one_thread=one_thread)
         for layer in range(n_layers):
@@ -265,7 +278,11 @@ class AnalysisEngine:
             if patterns is None and pattern_heads:
                 patterns = torch.empty(batch, len(pattern_heads), length, length)
             output = layers.block(
-                layer, activity[layer], patterns, pattern_heads, last=layer == request.last_layer
+                layer,
+                activity[layer],
+                patterns,
+                pattern_heads,
+                last=layer == request.last_layer and not request.final,
             )
             for position, head in enumerate(pattern_heads):
                 if (layer, head) in request.patterns:
@@ -278,6 +295,8 @@ class AnalysisEngine:
             if request.contributions:
                 contributions.append(output.contribution)
                 attention_outputs.append(output.attention_output)
+            if request.z:
+                zs.append(output.z)
 
         def stack(tensors: list) -> Tensor | None:
             return torch.stack(tensors, dim=1) if tensors else None
@@ -291,4 +310,27 @@ class AnalysisEngine:
             values=stack(values),
             contributions=stack(contributions),
             attention_outputs=stack(attention_outputs),
+            z=stack(zs),
+            final=self.final_norm(layers.residual()) if request.final else None,
         )
+
+    # -- logits and ablation ----------------------------------------------------------------------
+
+    def embed(self, input_ids: Tensor) -> Tensor:
+        """[batch, token] -> [batch, token, d_model]: token plus position embeddings."""
+        return F.embedding(input_ids, self._wte) + self._wpe[: input_ids.shape[1]]
+
+    def final_norm(self, residual: Tensor) -> Tensor:
+        """ln_f of the residual stream after the last block: [..., d_model]."""
+        return F.layer_norm(
+            residual,
+            (self.geometry.d_model,),
+            self.tensors["ln_f.weight"],
+            self.tensors["ln_f.bias"],
+            self.config.layer_norm_epsilon,
+        )
+
+    def logits(self, final: Tensor) -> Tensor:
+        """[..., d_model] -> [..., vocab]: the LM head, which every TinyStories model ties to the
+        token embedding (loading refuses a config that unties it)."""
+        return torch.matmul(final, self._wte.t())

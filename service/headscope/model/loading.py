@@ -202,6 +202,9 @@ def read_config(config_path: Path) -> ModelConfig:
     activation = raw.get("activation_function", HF_DEFAULTS["activation_function"])
     if activation not in SUPPORTED_ACTIVATIONS:
         raise invalid("activation_function", f"one of {', '.join(SUPPORTED_ACTIVATIONS)}")
+    if raw.get("tie_word_embeddings", True) is not True:
+        # The engine computes logits with wte as the LM head, as every TinyStories model ties it.
+        raise invalid("tie_word_embeddings", "true (an LM head tied to the embedding)")
     architectures = raw.get("architectures") or []
     if not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures):
         raise invalid("architectures", "a list of class names")
@@ -248,8 +251,9 @@ def sha256_of_files(paths: tuple[Path, ...] | list[Path]) -> str:
 # -- weights -------------------------------------------------------------------------------------
 
 # GPTNeoForCausalLM's checkpoints (the hub's) name the base model's tensors "transformer.*";
-# GPTNeoModel's do not. Either loads; lm_head.*, ln_f.* and the attention-mask buffers old
-# checkpoints carry (attn.attention.bias / masked_bias) are not needed and never read.
+# GPTNeoModel's do not. Either loads; lm_head.* (tied to wte: the logits are computed from wte)
+# and the attention-mask buffers old checkpoints carry (attn.attention.bias / masked_bias) are
+# not needed and never read.
 CAUSAL_LM_PREFIX = "transformer."
 
 
@@ -259,6 +263,9 @@ def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {
         "wte.weight": (config.vocab_size, d_model),
         "wpe.weight": (config.max_position_embeddings, d_model),
+        # The final LayerNorm, before the (tied) LM head: read for logits and ablation.
+        "ln_f.weight": (d_model,),
+        "ln_f.bias": (d_model,),
     }
     for layer in range(config.num_layers):
         block = f"h.{layer}."
@@ -462,7 +469,7 @@ def load_tokenizer(directory: Path) -> Tokenizer:
 def load_model(
     files: ModelFiles, *, torch_threads: int | None = None
 ) -> tuple[Checkpoint, Tokenizer]:
-    """The weights the analysis reads (no LM head: nothing here needs logits) and the tokenizer;
+    """The weights the analysis reads (the LM head is wte, tied) and the tokenizer;
     `torch_threads` (when set) is torch's intra-op thread count for this process."""
     if torch_threads:
         import torch

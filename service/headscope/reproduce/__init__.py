@@ -19,8 +19,10 @@ from typing import Any
 from headscope.reproduce.report import (
     FIGURES_FOLDER,
     Report,
+    ablation_rows,
     build_claims,
     grid_comparisons,
+    head_score_rows,
     headline,
     is_paper_model,
     probe_summary,
@@ -59,6 +61,8 @@ def reproduce(
         activity = study.activity()
         attention = study.attention()
         ranking = study.ranking()
+        ablation = study.ablation()
+        head_scores = study.head_scores()
         info = runtime.info().model_dump(mode="json")
     finally:
         runtime.close()
@@ -69,7 +73,7 @@ def reproduce(
     )
     claims = build_claims(run, quotes, activity, attention, comparable)
     grids = grid_comparisons(run)
-    statistics = [quotes, *activity.values(), *attention.values()]
+    statistics = [quotes, *activity.values(), *attention.values(), *ablation.values()]
     warnings = sorted({s["warning"] for s in statistics if s.get("warning")})
     reference = paper_reference()
     results: dict[str, Any] = {
@@ -88,8 +92,16 @@ def reproduce(
         "grid_comparison": {v: [row.as_dict() for row in rows] for v, rows in grids.items()},
         "selectivity": selectivity_rows(run),
         "rankings": ranking_rows(ranking),
+        "ablation": ablation_rows(ablation),
+        "head_scores": head_score_rows(head_scores),
         "warnings": warnings,
-        "statistics": {"quotes": quotes, "activity": activity, "attention": attention},
+        "statistics": {
+            "quotes": quotes,
+            "activity": activity,
+            "attention": attention,
+            "ablation": ablation,
+            "head_scores": head_scores,
+        },
         "reference": {"about": reference.about, "provenance": reference.provenance},
         "stages": [asdict(record) for record in study.records],
         "run_seconds": time.monotonic() - started,

@@ -279,6 +279,89 @@ class Report:
 # -- output ------------------------------------------------------------------------------------
 
 
+ABLATION_NOTE = (
+    "Each case study's head zero-ablated alone (its z replaced by zeros before W_O), over the "
+    "same draw of sequences: the mean change in next-token loss (nats) on predictions of a "
+    "token with the tag, with its 95% bootstrap interval over sequences. Above 0: the model "
+    "predicts that tag worse without the head. Beyond the paper, which left the heads' effect "
+    "on the output unassessed."
+)
+
+
+def ablation_rows(ablation: dict[str, dict]) -> list[dict[str, Any]]:
+    """One row per (head, tag) of the ablation stage."""
+    rows = []
+    for key, result in ablation.items():
+        head, tag = key.split(" ", 1)
+        row = next(iter(result.get("by_next_tag") or []), None)
+        interval = (result.get("ci") or {}).get("mean_loss_change") or {}
+        rows.append(
+            {
+                "head": head,
+                "tag": tag,
+                "predictions": row["tokens"] if row else 0,
+                "mean_loss_before": row["mean_loss_before"] if row else None,
+                "mean_loss_change": row["mean_loss_change"] if row else None,
+                "ci_low": (interval.get(tag) or {}).get("low"),
+                "ci_high": (interval.get(tag) or {}).get("high"),
+                "warning": result.get("warning"),
+            }
+        )
+    return rows
+
+
+def _ablation_cells(row: dict[str, Any]) -> list[str]:
+    interval = f"[{_fmt(row['ci_low'])}, {_fmt(row['ci_high'])}]"
+    return [
+        row["head"],
+        row["tag"],
+        str(row["predictions"]),
+        _fmt(row["mean_loss_before"]),
+        f"{_fmt(row['mean_loss_change'])} {interval}",
+    ]
+
+
+# The case studies' heads, placed among every head by the standard scores.
+SCORED_HEADS = ((2, 0), (5, 5), (6, 4))
+HEAD_SCORES_NOTE = (
+    "The standard per-head scores on repeated random tokens (GET /v1/heads/scores, whose "
+    "description gives the method), for the case studies' heads: the score and its rank among "
+    "all heads (1 = highest). The paper suggests L6H4 and L5H5 act as part-of-speech induction "
+    "heads."
+)
+
+
+def head_score_rows(head_scores: dict[str, dict]) -> list[dict[str, Any]]:
+    """Per kind and case-study head: its score and rank among every head."""
+    rows = []
+    for kind, result in head_scores.items():
+        scores = result["scores"]
+        flat = sorted((value for row in scores for value in row), reverse=True)
+        for layer, head in SCORED_HEADS:
+            if layer >= len(scores) or head >= len(scores[layer]):
+                continue  # a smaller model of the family has no such head
+            value = scores[layer][head]
+            rows.append(
+                {
+                    "kind": kind,
+                    "head": f"L{layer}H{head}",
+                    "score": value,
+                    "rank": 1 + sum(other > value for other in flat),
+                    "heads": len(flat),
+                }
+            )
+    return rows
+
+
+def _head_score_cells(row: dict[str, Any]) -> list[str]:
+    return [row["kind"], row["head"], _fmt(row["score"]), f"{row['rank']} of {row['heads']}"]
+
+
+HEAD_SCORE_HEADER = ["score", "head", "value", "rank"]
+
+ABLATION_HEADER = ["head", "next-token tag", "predictions", "loss", "loss change [95% CI]"]
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if value is None:
         return "—"
@@ -359,7 +442,16 @@ def markdown(report: Report) -> str:
         if not rows:
             lines.append("| (no tag with enough support on both sides) | | | | | |")
         lines.append("")
+    lines += ["## Do these heads matter?", "", ABLATION_NOTE, ""]
+    lines += ["| " + " | ".join(ABLATION_HEADER) + " |", "|---|---|---|---|---|"]
+    for row in results.get("ablation", []):
+        lines.append("| " + " | ".join(_md_cell(cell) for cell in _ablation_cells(row)) + " |")
+    lines += ["", "### Where the case studies' heads stand", "", HEAD_SCORES_NOTE, ""]
+    lines += ["| " + " | ".join(HEAD_SCORE_HEADER) + " |", "|---|---|---|---|"]
+    for row in results.get("head_scores", []):
+        lines.append("| " + " | ".join(_head_score_cells(row)) + " |")
     lines += [
+        "",
         "## Beyond the paper",
         "",
         "### Selectivity against the control task",
@@ -509,6 +601,20 @@ def html_page(report: Report) -> str:
                 ],
             )
         )
+    parts.append(f"<h2>Do these heads matter?</h2><p>{e(ABLATION_NOTE)}</p>")
+    parts.append(
+        _html_table(
+            ABLATION_HEADER,
+            [[e(cell) for cell in _ablation_cells(row)] for row in results.get("ablation", [])],
+        )
+    )
+    parts.append(f"<h3>Where the case studies' heads stand</h3><p>{e(HEAD_SCORES_NOTE)}</p>")
+    parts.append(
+        _html_table(
+            HEAD_SCORE_HEADER,
+            [[e(c) for c in _head_score_cells(row)] for row in results.get("head_scores", [])],
+        )
+    )
     parts.append("<h2>Beyond the paper</h2><h3>Selectivity against the control task</h3>")
     parts.append(
         _html_table(

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from headscope.analysis.ablation import AblationAnalysis
 from headscope.analysis.corpus import CorpusAnalysis
 from headscope.analysis.corpus_text import Corpus
 from headscope.analysis.probes.pipeline import TrainConfig, train_probe_run
@@ -28,9 +29,13 @@ from headscope.errors import InvalidRequest
 from headscope.model.probe_features import Progress, no_progress
 from headscope.reproduce.compare import MIN_SUPPORT
 from headscope.schemas import (
+    HEAD_SCORE_KINDS,
     ActivityByTagRequest,
     AttentionByTagRequest,
+    CorpusAblationRequest,
     HeadRankQuery,
+    HeadRef,
+    HeadScoresQuery,
     QuotesRequest,
 )
 
@@ -44,6 +49,15 @@ QUOTE_HEAD = (2, 0)
 PAST_TENSE_HEAD = (6, 4)
 POSSESSIVE_HEAD = (5, 5)
 ACTIVITY_QUESTIONS = (("VBD", "before"), ("PRP$", "on"), ("DT", "on"))
+# "Do these heads matter?": each case study's head, zero-ablated alone, and the next-token tags
+# its story is about (quote marks for L2H0, past-tense verbs for L6H4, the nouns possessives
+# point to for L5H5).
+ABLATION_QUESTIONS = (
+    ((2, 0), "``"),
+    ((2, 0), "''"),
+    ((6, 4), "VBD"),
+    ((5, 5), "NN"),
+)
 # (layer, head, direction, tag): case study 2, case study 3 and Appendix C/D.
 ATTENTION_QUESTIONS = (
     (*PAST_TENSE_HEAD, "from", "VBD"),
@@ -207,6 +221,38 @@ class Study:
             return results
 
         return self._stage("attention", compute)
+
+    def ablation(self) -> dict[str, dict]:
+        """Per case-study head and tag: the mean next-token loss change on that tag when the
+        head alone is zero-ablated, with its interval."""
+
+        def compute() -> dict[str, dict]:
+            ablations = AblationAnalysis(self.analysis)
+            results = {}
+            for (layer, head), tag in self._each(ABLATION_QUESTIONS, "ablation"):
+                request = CorpusAblationRequest(
+                    heads=[HeadRef(layer=layer, head=head)], mode="zero", tag=tag, **self._draw()
+                )
+                key = f"L{layer}H{head} {tag}"
+                results[key] = ablations.corpus_ablation(request).model_dump(mode="json")
+            return results
+
+        return self._stage("ablation", compute)
+
+    def head_scores(self) -> dict[str, dict]:
+        """Every head's induction, previous-token and duplicate-token score (the paper suggests
+        L6H4 and L5H5 act as part-of-speech induction heads)."""
+
+        def compute() -> dict[str, dict]:
+            ablations = AblationAnalysis(self.analysis)
+            return {
+                kind: ablations.head_scores(
+                    HeadScoresQuery(kind=kind, seed=self.config.seed)  # type: ignore[arg-type]
+                ).model_dump(mode="json")
+                for kind in HEAD_SCORE_KINDS
+            }
+
+        return self._stage("head_scores", compute)
 
     def rankable_tags(self) -> list[str]:
         """The probe run's tags with at least MIN_SUPPORT held-out tokens: the only ones ranked."""

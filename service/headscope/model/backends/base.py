@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -155,15 +155,38 @@ class LayerWeights:
         )
 
 
+@dataclass(frozen=True, eq=False)
+class Ablation:
+    """Which heads each sequence of a batch ablates, and what their z becomes: each ablated
+    head's z (pattern · values, its input to W_O) is replaced before W_O, at every token."""
+
+    heads: Tensor  # [batch or 1, layer, head] bool: True where the head is ablated
+    values: Tensor  # [layer, head, d_head]: zeros (zero ablation) or the head's mean z
+
+    def layer_has_any(self, layer: int) -> bool:
+        return bool(self.heads[:, layer].any())
+
+    def apply(self, layer: int, z: Tensor) -> Tensor:
+        """z [batch, head, token, d_head] with this layer's ablated heads replaced."""
+        if not self.layer_has_any(layer):
+            return z
+        ablated = self.heads[:, layer, :, None, None]  # [batch, head, 1, 1]
+        return torch.where(ablated, self.values[layer][None, :, None, :], z)
+
+
 @dataclass(frozen=True)
 class ForwardRequest:
-    """What one forward pass keeps besides activity."""
+    """What one forward pass keeps besides activity, and what it changes (an ablation)."""
 
     last_layer: int
     patterns: frozenset[tuple[int, int]] = frozenset()  # (layer, head)
     all_patterns: bool = False
     vectors: bool = False  # keys, queries, values
     contributions: bool = False  # per-head contributions and attention outputs
+    z: bool = False  # every head's z, its input to W_O
+    # The residual stream after the last layer's MLP (for the logits): the last block runs whole.
+    final: bool = False
+    ablation: Ablation | None = field(default=None, compare=False)
 
     def pattern_heads(self, layer: int, n_heads: int) -> list[int]:
         """The heads of `layer` whose patterns the pass writes out."""
@@ -182,6 +205,7 @@ class LayerOutput:
     value: Tensor | None = None
     contribution: Tensor | None = None  # [batch, head, token, d_model]
     attention_output: Tensor | None = None  # [batch, token, d_model], out_proj bias included
+    z: Tensor | None = None  # [batch, head, token, d_head], after any ablation
 
 
 class Pass(Protocol):
@@ -196,6 +220,11 @@ class Pass(Protocol):
         *,
         last: bool,  # no MLP after this block's attention
     ) -> LayerOutput: ...
+
+    def residual(self) -> Tensor:
+        """The residual stream after the blocks run so far, [batch, token, d_model]: a tensor
+        later blocks leave unchanged."""
+        ...
 
 
 class Backend(Protocol):

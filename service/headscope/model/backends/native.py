@@ -600,6 +600,8 @@ class NativeBackend:
             return f"d_head={self.geometry.d_head}: the C kernel needs {SUPPORTED_D_HEAD}"
         if self.activity is not contribution_norm:
             return f"the C kernel computes contribution_norm activity, not {self.activity.__name__}"
+        if request is not None and request.ablation is not None:
+            return "the C kernel computes z inside its attention call: no ablation"
         return None
 
     def parts(self, batch: int, length: int, request: ForwardRequest) -> int:
@@ -610,7 +612,13 @@ class NativeBackend:
         if (
             self.blocks is not None
             and threads > 1
-            and not (request.patterns or request.vectors or request.contributions)
+            and not (
+                request.patterns
+                or request.vectors
+                or request.contributions
+                or request.z
+                or request.final
+            )
             and (batch > 1 or length < BLOCKS_ALONE_BELOW_TOKENS)
         ):
             return threads
@@ -649,7 +657,7 @@ class _NativePass:
         self.mlp_rows = self.mlp.view(rows, g.d_model)
         self.pending: Tensor | None = None
         self.shared_qkv = None if request.vectors else torch.empty(rows, 3 * g.d_model)
-        self.shared_z = None if request.contributions else torch.empty(rows, g.d_model)
+        self.shared_z = None if request.contributions or request.z else torch.empty(rows, g.d_model)
         self.shared_output = None if request.contributions else torch.empty(rows, g.d_model)
 
     def block(
@@ -695,10 +703,13 @@ class _NativePass:
                 2, 0, 3, 1, 4
             )  # each [batch, head, token, d_head]
             output.query, output.key, output.value = query, key, value
-        if request.contributions:
+        if request.contributions or request.z:
             z = merged.view(batch, length, g.n_heads, g.d_head).transpose(1, 2)
-            output.contribution = head_contributions(z, weights.w_o_by_head_t)
-            output.attention_output = attention_output
+            if request.contributions:
+                output.contribution = head_contributions(z, weights.w_o_by_head_t)
+                output.attention_output = attention_output
+            if request.z:
+                output.z = z
         if not last and self.blocks is None:  # a whole-block call has done the MLP already
             kernel.add_layer_norm(self.hidden, attention_output, *weights.ln_2, out=self.normed)
             torch.addmm(weights.b_fc, self.normed_rows, weights.w_fc_t, out=self.inner)
@@ -707,3 +718,8 @@ class _NativePass:
             )
             self.pending = self.mlp
         return output
+
+    def residual(self) -> Tensor:
+        # The last MLP output still waits in `pending` for the next ln_1's fused add; `hidden`
+        # is updated in place, so the sum is a new tensor either way.
+        return self.hidden + self.pending if self.pending is not None else self.hidden.clone()

@@ -74,6 +74,8 @@ class _ReferencePass:
         scores = scores.masked_fill(~visible, torch.finfo(scores.dtype).min)
         pattern = torch.softmax(scores, dim=-1)  # [batch, head, q, k]
         z = torch.matmul(pattern, value)  # [batch, head, token, d_head]
+        if self.request.ablation is not None:
+            z = self.request.ablation.apply(layer, z)
 
         contribution = head_contributions(z, weights.w_o_by_head_t)  # [b, head, token, d_model]
         activity.copy_(self.backend.activity(z, weights.w_o_by_head_t, None))
@@ -86,6 +88,8 @@ class _ReferencePass:
             output.query, output.key, output.value = query, key, value
         if self.request.contributions:
             output.contribution, output.attention_output = contribution, attention_output
+        if self.request.z:
+            output.z = z
         if not last:
             hidden = self.hidden + attention_output
             normed = F.layer_norm(hidden, (g.d_model,), *weights.ln_2)
@@ -94,3 +98,6 @@ class _ReferencePass:
                 self.backend.activation(inner), weights.w_proj, weights.b_proj
             )
         return output
+
+    def residual(self) -> Tensor:
+        return self.hidden  # each block replaces it, never writes into it

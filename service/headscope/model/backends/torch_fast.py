@@ -160,6 +160,8 @@ class _TorchPass:
         query, key, value = qkv.view(batch, length, 3, g.n_heads, g.d_head).permute(2, 0, 3, 1, 4)
         # query, key, value: [batch, head, token, d_head]
         z = backend.attend(layer, query, key, value, pattern_heads, patterns)
+        if self.request.ablation is not None:
+            z = self.request.ablation.apply(layer, z)
         backend.activity(z, weights.w_o_by_head_t, activity)
         merged = z.transpose(1, 2).reshape(batch, length, g.d_model)  # [batch, token, head * d]
         attention_output = F.linear(merged, weights.w_o, weights.b_o)  # [batch, token, d_model]
@@ -170,6 +172,8 @@ class _TorchPass:
         if self.request.contributions:
             output.contribution = head_contributions(z, weights.w_o_by_head_t)
             output.attention_output = attention_output
+        if self.request.z:
+            output.z = z
         if not last:
             hidden = self.hidden + attention_output
             normed = F.layer_norm(hidden, (g.d_model,), *weights.ln_2)
@@ -178,3 +182,6 @@ class _TorchPass:
                 backend.activation(inner), weights.w_proj, weights.b_proj
             )
         return output
+
+    def residual(self) -> Tensor:
+        return self.hidden  # each block replaces it, never writes into it

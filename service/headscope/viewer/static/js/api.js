@@ -131,6 +131,9 @@ export const api = {
     getJSON(`/v1/probes/scores?${new URLSearchParams({ vector, tag, metric })}`),
   probePredict: (text, vector, layer, head) =>
     postJSON("/v1/probes/predict", { text, vector, layer, head, top_k: 3 }),
+  headScores: (kind) => getJSON(`/v1/heads/scores?${new URLSearchParams({ kind })}`),
+  ablate: (text, layer, head, mode) =>
+    postJSON("/v1/ablate", { text, heads: [{ layer, head }], mode, top_k: 1 }),
   attentionByTag: (body) => postJSON("/v1/corpus/attention-by-tag", body),
   activityByTag: (body) => postJSON("/v1/corpus/activity-by-tag", body),
 };

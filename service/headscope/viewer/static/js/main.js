@@ -265,6 +265,12 @@ async function showView(view) {
 
 // -- the grid -----------------------------------------------------------------------------------
 
+const HEAD_SCORES = new Map([
+  ["induction", "Induction"],
+  ["previous_token", "Previous-token"],
+  ["duplicate_token", "Duplicate-token"],
+]);
+
 async function paintGrid() {
   const { measure } = state;
   $("probe-options").hidden = measure !== "probe";
@@ -295,6 +301,17 @@ async function gridValues(measure) {
       values: scores.scores,
       centre: metric === "selectivity" ? 0 : null,
       caption: `Probe ${metric} for ${probeTag} from each head's ${vector} vector (run ${probeRun.run_id}${support}).`,
+    };
+  }
+  if (HEAD_SCORES.has(measure)) {
+    const response = await cached(`scores ${measure}`, () => api.headScores(measure));
+    return {
+      values: response.scores,
+      caption:
+        `${HEAD_SCORES.get(measure)} score of every head: its mean attention to the position ` +
+        `the score names, on ${response.n_sequences} seeded sequences of ${response.length} ` +
+        "random tokens repeated once (GET /v1/heads/scores describes the method).",
+      describe: (value) => `score ${value.toFixed(3)}`,
     };
   }
   if (measure === "lift") {
@@ -349,7 +366,13 @@ async function updateAll() {
 async function updateView() {
   const { layer, head } = state;
   const name = headName(layer, head);
-  for (const id of ["activity-title", "attention-title", "probe-title", "corpus-title"]) {
+  for (const id of [
+    "activity-title",
+    "attention-title",
+    "probe-title",
+    "corpus-title",
+    "ablation-title",
+  ]) {
     $(id).dataset.head = name;
   }
   try {
@@ -369,6 +392,9 @@ async function updateView() {
       case "compare":
         renderCompare();
         break;
+      case "ablation":
+        await updateAblation();
+        return;
       default:
         break;
     }
@@ -542,6 +568,61 @@ async function updateProbe() {
     `Run ${response.run_id}: ${total - mismatches} of ${total} tokens agree with NLTK; ` +
     "mismatches highlighted.";
   viewData.probe = response;
+}
+
+function tableRow(cells) {
+  const row = document.createElement("tr");
+  for (const value of cells) {
+    const cell = document.createElement("td");
+    cell.textContent = value;
+    row.append(cell);
+  }
+  return row;
+}
+
+// The selected head ablated (POST /v1/ablate): how much worse each next token is predicted.
+async function updateAblation() {
+  const { layer, head, ablationMode } = state;
+  const name = headName(layer, head);
+  $("ablation-title").textContent = `${name} ablated (${ablationMode} z)`;
+  if (!analysis) return;
+  const text = analysis.text;
+  const response = await fresh("ablation", () => api.ablate(text, layer, head, ablationMode));
+  if (!response) return;
+  $("ablation-rows").replaceChildren(
+    ...response.predictions.map((p) => {
+      const row = tableRow([
+        p.index,
+        JSON.stringify(p.next_text),
+        p.next_tag,
+        p.loss_before.toFixed(3),
+        p.loss_after.toFixed(3),
+        (p.loss_change >= 0 ? "+" : "") + p.loss_change.toFixed(3),
+        p.top_after.map((t) => `${JSON.stringify(t.text)} ${t.prob.toFixed(2)}`).join(", "),
+      ]);
+      row.children[5].dataset.value = String(p.loss_change);
+      if (p.loss_change > 0) row.className = "hurt";
+      return row;
+    }),
+  );
+  $("ablation-tags").replaceChildren(
+    ...response.by_next_tag.map((t) => {
+      const row = tableRow([
+        t.tag,
+        t.tokens,
+        t.mean_loss_before.toFixed(3),
+        (t.mean_loss_change >= 0 ? "+" : "") + t.mean_loss_change.toFixed(3),
+      ]);
+      row.children[3].dataset.value = String(t.mean_loss_change);
+      return row;
+    }),
+  );
+  const change = response.mean_loss_after - response.mean_loss_before;
+  $("ablation-caption").textContent =
+    `Mean next-token loss ${response.mean_loss_before.toFixed(3)} -> ` +
+    `${response.mean_loss_after.toFixed(3)} nats (${change >= 0 ? "+" : ""}${change.toFixed(3)})` +
+    " with this head's z replaced before W_O; rows the ablation hurts are highlighted.";
+  viewData.ablation = response;
 }
 
 // A confidence interval, if the API gives one, as [low, high]: `<field>_ci`, `ci.<field>`, or
@@ -726,6 +807,7 @@ function applyStateToControls() {
   $("threshold").value = state.threshold;
   $("threshold-value").textContent = `${Math.round(state.threshold * 100)}%`;
   $("direction").value = state.direction;
+  $("ablation-mode").value = state.ablationMode;
   $("position").value = state.position;
   $("sequences").value = state.sequences;
   optionList($("lift-tag"), PENN_TAGS, state.liftTag);
@@ -775,6 +857,7 @@ function bindControls() {
   onChange("lift-tag", "liftTag");
   onChange("corpus-tag", "corpusTag", String, updateView);
   onChange("direction", "direction", String, updateView);
+  onChange("ablation-mode", "ablationMode", String, updateView);
   onChange("position", "position", String, updateAll);
   onChange("sequences", "sequences", Number, updateAll);
   $("corpus-run").onclick = tracked(updateView);

@@ -20,6 +20,7 @@ export const DEFAULTS = Object.freeze({
   position: "on",
   sequences: 20,
   storySeed: null,
+  ablationMode: "zero",
 });
 
 // URL parameter name -> state field, and how to read it back.
@@ -41,6 +42,7 @@ const FIELDS = {
   pos: ["position", String],
   n: ["sequences", Number],
   seed: ["storySeed", (value) => (value === "" ? null : Number(value))],
+  amode: ["ablationMode", String],
 };
 
 export function stateFromHash(hash) {
