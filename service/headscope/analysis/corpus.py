@@ -487,33 +487,7 @@ class CorpusAnalysis:
                 tag_counts[index] = one_hot.sum(axis=0)
 
         chosen = tag_index[tag]
-        rows = []
-        if direction == "from":
-            queries = int(counts[chosen])
-            if queries:
-                for key_tag, key in tag_index.items():
-                    if uniform_mass[chosen, key] > 0:
-                        rows.append(
-                            TagAttention(
-                                tag=key_tag,
-                                attention=float(mass[chosen, key] / queries),
-                                frequency=float(uniform_mass[chosen, key] / queries),
-                                query_tokens=queries,
-                            )
-                        )
-        else:
-            for query_tag, query in tag_index.items():
-                queries = int(counts[query])
-                if queries:
-                    rows.append(
-                        TagAttention(
-                            tag=query_tag,
-                            attention=float(mass[query, chosen] / queries),
-                            frequency=float(uniform_mass[query, chosen] / queries),
-                            query_tokens=queries,
-                        )
-                    )
-        rows.sort(key=lambda row: (-row.attention, row.tag))
+        rows = tag_attention_rows(direction, chosen, tag_index, mass, uniform_mass, counts)
         resampler = Resampler.of(len(masses), request.seed)
         if direction == "from":
             low, high = resampler.interval(_ratio, masses[:, chosen, :], tag_counts[:, chosen])
@@ -830,3 +804,44 @@ class CorpusAnalysis:
             by_lift=[head_id(i) for i in by_lift[:limit]],
             source=activity.source,
         )
+
+
+def tag_attention_rows(
+    direction: str,
+    chosen: int,
+    tag_index: dict[str, int],
+    mass: np.ndarray,
+    uniform_mass: np.ndarray,
+    counts: np.ndarray,
+) -> list[TagAttention]:
+    """One row per tag that `chosen` attends to ("from") or that attends to it ("to"): the mean
+    attention mass per query token and what uniform attention would give, strongest first.
+    `mass` and `uniform_mass` are [query tag, key tag] sums; `counts` the query tokens per tag."""
+    rows = []
+    if direction == "from":
+        queries = int(counts[chosen])
+        if queries:
+            for key_tag, key in tag_index.items():
+                if uniform_mass[chosen, key] > 0:
+                    rows.append(
+                        TagAttention(
+                            tag=key_tag,
+                            attention=float(mass[chosen, key] / queries),
+                            frequency=float(uniform_mass[chosen, key] / queries),
+                            query_tokens=queries,
+                        )
+                    )
+    else:
+        for query_tag, query in tag_index.items():
+            queries = int(counts[query])
+            if queries:
+                rows.append(
+                    TagAttention(
+                        tag=query_tag,
+                        attention=float(mass[query, chosen] / queries),
+                        frequency=float(uniform_mass[query, chosen] / queries),
+                        query_tokens=queries,
+                    )
+                )
+    rows.sort(key=lambda row: (-row.attention, row.tag))
+    return rows

@@ -24,7 +24,7 @@ from headscope.analysis.probes.metrics import (
     classification_report,
     majority_baseline,
 )
-from headscope.analysis.probes.pipeline import _library_versions, _report_grids
+from headscope.analysis.probes.pipeline import _library_versions, _report_grids, model_identity
 from headscope.analysis.probes.store import FORMAT, read_manifest, save_run
 from headscope.errors import StartupError
 from headscope.jobs.probe_fit import (
@@ -145,16 +145,7 @@ def train_run_from_job(
         "format": FORMAT,
         "run_id": run_id,
         "created": created.isoformat(timespec="seconds"),
-        "model": {
-            "id": runtime.files.model_id,
-            "weights_sha256": runtime.weights_sha256,
-            "n_layers": g.n_layers,
-            "n_heads": g.n_heads,
-            "d_head": g.d_head,
-            "d_model": g.d_model,
-        },
-        "tokenizer": runtime.tokenizer_identity,
-        "tagger": {**runtime.tagger.identity, "alignment": "overlap"},
+        **model_identity(runtime),
         "corpus": {
             "source": job["corpus"],
             "sha256": job["corpus_sha256"],

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 from safetensors.numpy import load_file
 
 from headscope.analysis.bootstrap import support_warning
+from headscope.analysis.corpus import tag_attention_rows
 from headscope.errors import InvalidRequest, NotFound, UnknownHead
 from headscope.jobs.run import JOB_FILE, STATISTICS_FILE
 from headscope.jobs.statistics import POSITIONS, Sums
@@ -29,7 +30,6 @@ from headscope.schemas import (
     CorpusJobAttentionQuery,
     CorpusSource,
     QuotesResponse,
-    TagAttention,
 )
 
 log = logging.getLogger("headscope.jobs")
@@ -178,33 +178,7 @@ class JobResults:
         mass = mass_all[layer, head]  # [q tag, k tag]
         uniform_mass = sums["attention.uniform_mass"][layer]  # [q tag, k tag]
         counts = sums["attention.tag_tokens"]  # [tag]
-        rows = []
-        if direction == "from":
-            queries = int(counts[chosen])
-            if queries:
-                for key_tag, key in tags.items():
-                    if uniform_mass[chosen, key] > 0:
-                        rows.append(
-                            TagAttention(
-                                tag=key_tag,
-                                attention=float(mass[chosen, key] / queries),
-                                frequency=float(uniform_mass[chosen, key] / queries),
-                                query_tokens=queries,
-                            )
-                        )
-        else:
-            for query_tag, row in tags.items():
-                queries = int(counts[row])
-                if queries:
-                    rows.append(
-                        TagAttention(
-                            tag=query_tag,
-                            attention=float(mass[row, chosen] / queries),
-                            frequency=float(uniform_mass[row, chosen] / queries),
-                            query_tokens=queries,
-                        )
-                    )
-        rows.sort(key=lambda row: (-row.attention, row.tag))
+        rows = tag_attention_rows(direction, chosen, tags, mass, uniform_mass, counts)
         with_tag = int(sums["attention.sequences_with_tag"][chosen])
         return AttentionByTagResponse(
             layer=layer,

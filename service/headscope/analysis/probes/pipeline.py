@@ -287,16 +287,7 @@ def train_probe_run(
         "format": FORMAT,
         "run_id": run_id,
         "created": created.isoformat(timespec="seconds"),
-        "model": {
-            "id": runtime.files.model_id,
-            "weights_sha256": fingerprint,
-            "n_layers": g.n_layers,
-            "n_heads": g.n_heads,
-            "d_head": g.d_head,
-            "d_model": g.d_model,
-        },
-        "tokenizer": runtime.tokenizer_identity,
-        "tagger": {**runtime.tagger.identity, "alignment": "overlap"},
+        **model_identity(runtime),
         "corpus": {
             "source": corpus.source,
             "sha256": corpus.sha256,
@@ -410,3 +401,20 @@ def summary_table(manifest: dict[str, Any]) -> str:
             f"{row['best_macro_f1']:.3f} (L{f1_head['layer']}H{f1_head['head']}) | {selectivity} |"
         )
     return "\n".join(lines)
+
+
+def model_identity(runtime) -> dict[str, Any]:
+    """The manifest's model, tokenizer and tagger: what a probe run was trained on."""
+    g = runtime.geometry
+    return {
+        "model": {
+            "id": runtime.files.model_id,
+            "weights_sha256": runtime.weights_sha256,
+            "n_layers": g.n_layers,
+            "n_heads": g.n_heads,
+            "d_head": g.d_head,
+            "d_model": g.d_model,
+        },
+        "tokenizer": runtime.tokenizer_identity,
+        "tagger": {**runtime.tagger.identity, "alignment": "overlap"},
+    }
