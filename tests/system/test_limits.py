@@ -59,11 +59,13 @@ def text_routes(api) -> dict[str, dict]:
         if "anyOf" in schema:
             return example(next(s for s in schema["anyOf"] if s.get("type") != "null"))
         kind = schema.get("type")
+        if kind == "array":
+            return [example(schema["items"])] * schema.get("minItems", 0)
         if kind == "object":
             return {
                 name: example(schema["properties"][name]) for name in schema.get("required", ())
             }
-        return {"integer": 0, "number": 0.5, "string": "x", "boolean": False, "array": []}[kind]
+        return {"integer": 0, "number": 0.5, "string": "x", "boolean": False}[kind]
 
     routes = {}
     for path, operations in spec["paths"].items():
