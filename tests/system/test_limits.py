@@ -318,6 +318,7 @@ def test_corpus_routes_cap_sequences_and_tokens_before_work(api, settings, work_
     extra = {  # what each corpus route needs besides its texts
         "/v1/corpus/attention-by-tag": {"layer": 2, "head": 0, "from_tag": "NN"},
         "/v1/corpus/activity-by-tag": {"tag": "NN"},
+        "/v1/corpus/ablation": {"heads": [{"layer": 2, "head": 0}]},
     }
     too_many = ["A cat sat."] * (settings.corpus_max_sequences + 1)
     for path in routes:
