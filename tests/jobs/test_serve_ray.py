@@ -1,9 +1,20 @@
 """`headscope serve --engine ray`: the app as a Ray Serve deployment of two replicas on a local
-Ray instance (127.0.0.1) answers the same requests with the same bytes as one in-process app."""
+Ray instance (127.0.0.1) answers the same requests with the same bytes as one in-process app,
+refuses overflow with headscope's own 429 envelope, and loses no request when a replica dies.
+
+The replicas' analyses wait while a gate file exists (the test creates and removes it) and log
+each held analysis with the replica's pid, so "busy" and "in flight" hold by construction."""
 
 from __future__ import annotations
 
+import functools
+import os
 import socket
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,6 +31,10 @@ REQUESTS = [
     ("POST", "/v1/attention", {"text": "She said hi.", "layer": 2, "head": 0, "query": 2}),
     ("POST", "/v1/tag", {"text": ""}),  # an error: the same envelope
 ]
+# Every analysis runs at once (none queued), so a held analysis is an admitted one.
+MAX_CONCURRENCY = 2
+REPLICAS = 2
+WAIT_S = 60
 
 
 def free_port() -> int:
@@ -28,24 +43,105 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def wait_for(condition, what: str, timeout: float = WAIT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+class Gate:
+    """While `closed` exists, every analysis waits; each one that waited appends its pid to
+    `held` first."""
+
+    def __init__(self, folder: Path) -> None:
+        self.closed = folder / "closed"
+        self.held = folder / "held"
+
+    def close(self) -> None:
+        self.held.write_text("")
+        self.closed.touch()
+
+    def open(self) -> None:
+        self.closed.unlink(missing_ok=True)
+
+    def held_pids(self) -> list[int]:
+        text = self.held.read_text() if self.held.exists() else ""
+        return [int(line) for line in text.split()]
+
+    def wait_while_closed(self) -> None:
+        if not self.closed.exists():
+            return
+        with self.held.open("a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        deadline = time.monotonic() + WAIT_S  # a test that fails never holds a replica for good
+        while self.closed.exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+
+def gated_app(settings, gate: Gate):
+    """The app as `headscope serve` builds it, its analyses held at `gate`."""
+    from headscope.analysis.service import load_runtime
+    from headscope.app import create_app
+
+    runtime = load_runtime(settings)
+    encoded = runtime.encoded
+
+    @functools.wraps(encoded)
+    def gated_encoded(*args, **kwargs):
+        gate.wait_while_closed()
+        return encoded(*args, **kwargs)
+
+    runtime.encoded = gated_encoded
+    return create_app(settings, runtime=runtime)
+
+
 @pytest.fixture(scope="module")
-def ray_served(ray_cluster, settings):
-    from ray import serve
+def gate(tmp_path_factory):
+    return Gate(tmp_path_factory.mktemp("gate"))
+
+
+@pytest.fixture(scope="module")
+def served_settings(settings):
+    return settings.model_copy(
+        update={
+            "host": "127.0.0.1",
+            "port": free_port(),
+            "max_concurrency": MAX_CONCURRENCY,
+            "max_queue": 0,
+            "analysis_cache_mb": 0,  # every request is analysed, so every one meets the gate
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def ray_served(ray_cluster, served_settings, gate):
+    from ray import cloudpickle, serve
 
     from headscope.cli.serve_ray import start
 
-    served = settings.model_copy(update={"host": "127.0.0.1", "port": free_port()})
-    start(served, replicas=2)
-    yield f"http://127.0.0.1:{served.port}"
+    # The replicas cannot import this test module: its factory travels by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    start(served_settings, REPLICAS, app_factory=functools.partial(gated_app, gate=gate))
+    yield f"http://127.0.0.1:{served_settings.port}"
+    gate.open()
     serve.shutdown()
 
 
-def test_replicas_answer_with_the_same_bytes(ray_served, api):
+def replica_states() -> dict:
     from ray import serve
 
     status = serve.status().applications["headscope"]
-    replicas = status.deployments["HeadscopeReplica"].replica_states
-    assert replicas.get("RUNNING") == 2
+    return status.deployments["HeadscopeReplica"].replica_states
+
+
+def analyze_body(number: int) -> dict:
+    return {"text": f"Lily saw {number} birds.", "patterns": [{"layer": 5, "head": 5}]}
+
+
+def test_replicas_answer_with_the_same_bytes(ray_served, api):
+    assert replica_states().get("RUNNING") == REPLICAS
     with httpx.Client(base_url=ray_served, timeout=60) as client:
         for _ in range(3):  # enough requests that both replicas answer some
             for method, path, body in REQUESTS:
@@ -53,3 +149,91 @@ def test_replicas_answer_with_the_same_bytes(ray_served, api):
                 theirs = api.request(method, path, json=body)
                 assert ours.status_code == theirs.status_code, (path, ours.text)
                 assert ours.content == theirs.content, path
+
+
+def test_overflow_gets_headscopes_429_envelope(ray_served, served_settings, gate, api):
+    from headscope.analysis.pool import RETRY_AFTER_SECONDS
+
+    slots = REPLICAS * (MAX_CONCURRENCY + served_settings.max_queue)
+    held: dict[int, httpx.Response] = {}
+    gate.close()
+    try:
+        with httpx.Client(base_url=ray_served, timeout=WAIT_S) as client:
+            threads = []
+            for number in range(slots):
+
+                def send(number=number):
+                    held[number] = client.post("/v1/analyze", json=analyze_body(number))
+
+                threads.append(threading.Thread(target=send))
+                threads[-1].start()
+                # One at a time, so Ray's router sees each before it routes the next.
+                wait_for(lambda n=number: len(gate.held_pids()) == n + 1, "a held analysis")
+            assert len(set(gate.held_pids())) == REPLICAS  # both replicas are full
+            refused = client.post("/v1/analyze", json=analyze_body(slots))
+    finally:
+        gate.open()
+    for thread in threads:
+        thread.join(WAIT_S)
+    assert refused.status_code == 429, refused.text
+    assert refused.headers["retry-after"] == str(RETRY_AFTER_SECONDS)
+    assert refused.json() == {
+        "error": {
+            "code": "overloaded",
+            "message": f"Server busy: {MAX_CONCURRENCY} analyses running or queued "
+            f"(limit {MAX_CONCURRENCY} running + 0 queued). Retry shortly.",
+            "detail": {
+                "max_concurrency": MAX_CONCURRENCY,
+                "max_queue": 0,
+                "retry_after": RETRY_AFTER_SECONDS,
+            },
+        }
+    }
+    for number in range(slots):
+        assert held[number].status_code == 200, held[number].text
+        assert held[number].content == api.post("/v1/analyze", json=analyze_body(number)).content
+
+
+def test_a_killed_replica_loses_no_request(ray_served, gate, api):
+    """The client's default retry policy carries every request past one replica's death: the
+    replica is killed while it holds an analysis in flight."""
+    import ray
+    from ray.util.state import list_actors
+
+    from headscope_client import AnalyzeResult, Client
+
+    load = 48
+    killed_after = 12
+    answered = threading.Semaphore(0)
+
+    with Client(ray_served, timeout=WAIT_S) as client:
+
+        def analyze(number: int):
+            try:
+                return client.analyze(analyze_body(number)["text"], patterns=[(5, 5)])
+            finally:
+                answered.release()
+
+        # As many at once as one replica admits, so the survivor alone never refuses one.
+        with ThreadPoolExecutor(MAX_CONCURRENCY) as threads:
+            results = [threads.submit(analyze, number) for number in range(load)]
+            for _ in range(killed_after):
+                assert answered.acquire(timeout=WAIT_S)
+            gate.close()
+            try:
+                wait_for(lambda: gate.held_pids(), "an analysis in flight")
+                victim_pid = gate.held_pids()[0]
+                (victim,) = [
+                    actor
+                    for actor in list_actors(filters=[("state", "=", "ALIVE")])
+                    if actor.pid == victim_pid
+                ]
+                ray.kill(ray.get_actor(victim.name, namespace=victim.ray_namespace))
+            finally:
+                gate.open()
+            answers = [result.result(timeout=WAIT_S) for result in results]
+
+    for number, answer in enumerate(answers):
+        expected = api.post("/v1/analyze", json=analyze_body(number))
+        assert answer == AnalyzeResult.model_validate_json(expected.content), number
+    wait_for(lambda: replica_states() == {"RUNNING": REPLICAS}, "the replicas back to 2")

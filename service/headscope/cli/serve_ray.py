@@ -1,15 +1,33 @@
 """`headscope serve --engine ray --replicas N`: the same FastAPI app as a Ray Serve deployment.
 
-Each replica builds the app with `create_app(settings)` when it starts (`serve.ingress` with a
-late-bound app), so its lifespan loads the model, tagger and probes once per replica, exactly as
-`headscope serve` does; Ray Serve's proxy listens on HEADSCOPE_HOST:HEADSCOPE_PORT and spreads
-requests over the replicas. Each replica keeps its own admission (429 with Retry-After past
-max_concurrency + max_queue), and Ray Serve stops sending a replica more than that many.
+Each replica builds the app with `app_factory(settings)` (default `create_app`) when it starts
+(`serve.ingress` with a late-bound app), so its lifespan loads the model, tagger and probes once
+per replica, exactly as `headscope serve` does; Ray Serve's proxy listens on
+HEADSCOPE_HOST:HEADSCOPE_PORT and spreads requests over the replicas.
+
+Overload is answered by the replicas, not by Ray. Ray Serve's `max_ongoing_requests` is how many
+requests its router sends one replica before it holds the rest in the proxy's queue
+(`max_queued_requests`, unbounded by default: an unbounded wait), and a request refused by that
+queue gets Ray's own text with 503 (or 429 through `BackpressureConfig`), not headscope's
+envelope. So `max_ongoing_requests` is set to `max_connections`, what one `headscope serve` holds
+at once, well above the analyses a replica admits (`max_concurrency + max_queue`): the router
+still picks the less busy of two replicas, and a request past a replica's admission reaches
+that replica's own pool, which answers 429 with Retry-After and the error envelope, the same
+bytes as one `headscope serve`. The proxy queue is bounded all the same
+(`max_queued_requests=max_connections`, answered 429 with Retry-After) so that nothing can wait
+in it without end; it fills only when every replica already holds `max_connections` requests.
+
+A replica that dies (killed, out of memory) with requests in flight: Ray Serve answers those
+requests 500 with its own text, and routes new ones to the replicas left while the controller
+starts a new replica. The Python client sends again a 5xx that does not carry headscope's error
+envelope (the server never produced it: something in front lost the server), so no request is
+lost to the death of one replica.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from headscope.settings import Settings
@@ -17,6 +35,7 @@ from headscope.settings import Settings
 log = logging.getLogger("headscope")
 
 APP_NAME = "headscope"
+DEPLOYMENT_NAME = "HeadscopeReplica"
 
 
 def _replica_class():
@@ -24,30 +43,46 @@ def _replica_class():
 
     @serve.ingress()
     class HeadscopeReplica:
-        def __init__(self, settings: Settings) -> None:
+        def __init__(self, settings: Settings, app_factory: Callable[[Settings], Any]) -> None:
             self.settings = settings
+            self.app_factory = app_factory
 
         def __serve_build_asgi_app__(self):
-            from headscope.app import create_app
-
-            return create_app(self.settings)
+            return self.app_factory(self.settings)
 
     return HeadscopeReplica
 
 
-def application(settings: Settings, replicas: int) -> Any:
-    """The Ray Serve application: `replicas` copies of the app."""
+def application(
+    settings: Settings, replicas: int, app_factory: Callable[[Settings], Any] | None = None
+) -> Any:
+    """The Ray Serve application: `replicas` copies of the app `app_factory` builds (tests pass
+    a factory that wraps the analysis; by default `create_app`)."""
     from ray import serve
+    from ray.serve.config import BackpressureConfig
 
+    from headscope.analysis.pool import RETRY_AFTER_SECONDS
+
+    if app_factory is None:
+        from headscope.app import create_app
+
+        app_factory = create_app
     deployment = serve.deployment(
-        name="HeadscopeReplica",
+        name=DEPLOYMENT_NAME,
         num_replicas=replicas,
-        max_ongoing_requests=settings.max_concurrency + settings.max_queue,
+        max_ongoing_requests=settings.max_connections,
+        max_queued_requests=settings.max_connections,
+        backpressure_config=BackpressureConfig(status_code=429, retry_after_s=RETRY_AFTER_SECONDS),
     )(_replica_class())
-    return deployment.bind(settings)
+    return deployment.bind(settings, app_factory)
 
 
-def start(settings: Settings, replicas: int, address: str | None = None) -> None:
+def start(
+    settings: Settings,
+    replicas: int,
+    address: str | None = None,
+    app_factory: Callable[[Settings], Any] | None = None,
+) -> None:
     """Deploy on the Ray cluster at `address` (or a local one on 127.0.0.1); returns once every
     replica is up."""
     from ray import serve
@@ -56,7 +91,7 @@ def start(settings: Settings, replicas: int, address: str | None = None) -> None
 
     connect_ray(address, replicas)
     serve.start(http_options={"host": settings.host, "port": settings.port})
-    serve.run(application(settings, replicas), name=APP_NAME, route_prefix="/")
+    serve.run(application(settings, replicas, app_factory), name=APP_NAME, route_prefix="/")
 
 
 def serve_forever(settings: Settings, replicas: int, address: str | None) -> int:
