@@ -163,6 +163,23 @@ def head_ref(head: HeadLike) -> dict[str, int]:
     raise TypeError(f"expected a head as (layer, head) or {{'layer', 'head'}}, got {head!r}")
 
 
+def has_error_envelope(response: httpx.Response) -> bool:
+    """True when the body is headscope's error envelope: {"error": {"message": ..., ...}}."""
+    try:
+        body = response.json()
+    except ValueError:
+        return False
+    error = body.get("error") if isinstance(body, dict) else None
+    return isinstance(error, dict) and isinstance(error.get("message"), str)
+
+
+def lost_behind_a_proxy(response: httpx.Response) -> bool:
+    """A 500 without the error envelope: the server answers its own 500s with the envelope, so
+    this one came from a proxy in front that lost the server mid-request (Ray Serve's proxy
+    answers so when a replica dies). Like a dropped connection, it is sent again."""
+    return response.status_code == 500 and not has_error_envelope(response)
+
+
 def retry_after_seconds(response: httpx.Response) -> float | None:
     """The Retry-After header as seconds: a number, or an HTTP date."""
     value = response.headers.get("retry-after")
@@ -590,7 +607,9 @@ class BaseClient:
                 error, httpx.ConnectTimeout | httpx.PoolTimeout
             ):
                 return None
-        elif response is None or response.status_code not in RETRY_STATUS_CODES:
+        elif response is None or not (
+            response.status_code in RETRY_STATUS_CODES or lost_behind_a_proxy(response)
+        ):
             return None
         else:
             retry_after = retry_after_seconds(response)

@@ -108,6 +108,23 @@ def test_without_retry_after_the_client_backs_off(scripted):
     assert second - first >= 0.37
 
 
+def test_a_500_without_the_envelope_is_retried(scripted):
+    # What a proxy in front answers when it loses the server mid-request (Ray Serve's, when a
+    # replica dies); the server's own 500 carries the envelope and is not retried
+    # (test_errors.test_500_is_a_server_error_and_not_retried).
+    scripted.reset({"/v1/model": [Step(500, text="Internal Server Error"), Step(200, MODEL_INFO)]})
+    with Client(scripted.base_url, max_retries=1) as client:
+        assert client.model().model_id == "scripted"
+    assert len(scripted.hits("/v1/model")) == 2
+
+
+async def test_a_500_without_the_envelope_is_retried_by_the_async_client(scripted):
+    scripted.reset({"/v1/model": [Step(500, text="Internal Server Error"), Step(200, MODEL_INFO)]})
+    async with AsyncClient(scripted.base_url, max_retries=1) as client:
+        assert (await client.model()).model_id == "scripted"
+    assert len(scripted.hits("/v1/model")) == 2
+
+
 def test_retry_after_parsing():
     def response(value: str) -> httpx.Response:
         return httpx.Response(503, headers={"Retry-After": value})
