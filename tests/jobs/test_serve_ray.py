@@ -52,13 +52,18 @@ def wait_for(condition, what: str, timeout: float = WAIT_S) -> None:
         time.sleep(0.02)
 
 
+def pids(log: Path) -> list[int]:
+    return [int(line) for line in (log.read_text() if log.exists() else "").split()]
+
+
 class Gate:
     """While `closed` exists, every analysis waits; each one that waited appends its pid to
-    `held` first."""
+    `held` first. Each replica appends its pid to `started` when it builds its app."""
 
     def __init__(self, folder: Path) -> None:
         self.closed = folder / "closed"
         self.held = folder / "held"
+        self.started = folder / "started"
 
     def close(self) -> None:
         self.held.write_text("")
@@ -68,8 +73,10 @@ class Gate:
         self.closed.unlink(missing_ok=True)
 
     def held_pids(self) -> list[int]:
-        text = self.held.read_text() if self.held.exists() else ""
-        return [int(line) for line in text.split()]
+        return pids(self.held)
+
+    def started_pids(self) -> list[int]:
+        return pids(self.started)
 
     def wait_while_closed(self) -> None:
         if not self.closed.exists():
@@ -86,6 +93,8 @@ def gated_app(settings, gate: Gate):
     from headscope.analysis.service import load_runtime
     from headscope.app import create_app
 
+    with gate.started.open("a") as handle:
+        handle.write(f"{os.getpid()}\n")
     runtime = load_runtime(settings)
     encoded = runtime.encoded
 
@@ -197,14 +206,18 @@ def test_overflow_gets_headscopes_429_envelope(ray_served, served_settings, gate
 
 def test_a_killed_replica_loses_no_request(ray_served, gate, api):
     """The client's default retry policy carries every request past one replica's death: the
-    replica is killed while it holds an analysis in flight."""
+    replica is killed while it holds an analysis in flight. Every request here is an analysis,
+    which the policy sends again (none is left uncovered); the one in flight on the killed
+    replica gets Ray Serve's bare 500 and is sent again."""
     from headscope_client import AnalyzeResult, Client
+    from tests.client.conftest import CountingTransport
 
     load = 48
     killed_after = 12
     answered = threading.Semaphore(0)
 
-    with Client(ray_served, timeout=WAIT_S) as client:
+    transport = CountingTransport()
+    with Client(ray_served, timeout=WAIT_S, transport=transport) as client:
 
         def analyze(number: int):
             try:
@@ -221,12 +234,17 @@ def test_a_killed_replica_loses_no_request(ray_served, gate, api):
             try:
                 wait_for(lambda: gate.held_pids(), "an analysis in flight")
                 # SIGKILL: the replica dies as in a crash, with no chance to finish its requests.
-                os.kill(gate.held_pids()[0], signal.SIGKILL)
+                victim = gate.held_pids()[0]
+                os.kill(victim, signal.SIGKILL)
             finally:
                 gate.open()
             answers = [result.result(timeout=WAIT_S) for result in results]
 
+    assert len(transport.requests) > load  # the lost request was sent again
     for number, answer in enumerate(answers):
         expected = api.post("/v1/analyze", json=analyze_body(number))
         assert answer == AnalyzeResult.model_validate_json(expected.content), number
+    # Ray Serve starts a replica in the dead one's place, and is back to two running.
+    wait_for(lambda: len(gate.started_pids()) == REPLICAS + 1, "a new replica")
+    assert victim not in gate.started_pids()[REPLICAS:]
     wait_for(lambda: replica_states() == {"RUNNING": REPLICAS}, "the replicas back to 2")
