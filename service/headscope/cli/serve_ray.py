@@ -18,10 +18,12 @@ bytes as one `headscope serve`. The proxy queue is bounded all the same
 in it without end; it fills only when every replica already holds `max_connections` requests.
 
 A replica that dies (killed, out of memory) with requests in flight: Ray Serve answers those
-requests 500 with its own text, and routes new ones to the replicas left while the controller
-starts a new replica. The Python client sends again a 5xx that does not carry headscope's error
-envelope (the server never produced it: something in front lost the server), so no request is
-lost to the death of one replica.
+requests 500 with its own plain text (its router re-routes only requests no replica has
+accepted yet; it has no setting to resend accepted ones), routes new ones to the replicas left,
+and its controller starts a new replica. The retry therefore lives in the Python client: it
+sends again a 500 without headscope's error envelope (the app's own 500s carry it, so that one
+came from something in front that lost the server), as it does a dropped connection, so no
+request is lost to the death of one replica.
 """
 
 from __future__ import annotations
