@@ -137,6 +137,8 @@ def process_shard(
         "tokens": str(result.tokens),
         "tags": json.dumps(vocabulary),
     }
+    if "quotes" in kinds:
+        metadata["quote_spans"] = json.dumps(result.quote_spans)
     sums_path, features_path = shard_paths(out, shard.index)
     if result.features:
         _save_atomically(result.features, features_path, metadata)
