@@ -90,7 +90,7 @@ class ShardRows:
     """Slices of every finished shard's sums, stacked in shard order: the bootstrap's units."""
 
     def __init__(self, directory: Path, seed: int) -> None:
-        # One tensor of one shard in memory at a time: a whole split's shards would not fit.
+        # One slice of one shard in memory at a time: a whole split's shards would not fit.
         self.paths = sorted((directory / SHARDS_DIR).glob("*.sums.safetensors"))
         self.resampler = Resampler.of(len(self.paths), seed)
 
@@ -99,7 +99,9 @@ class ShardRows:
         rows = []
         for path in self.paths:
             with safe_open(path, "numpy") as file:
-                rows.append(np.array(file.get_tensor(name)[index], dtype=np.float64))
+                # A slice reads only its own bytes: one head's attention mass, not every head's.
+                row = file.get_slice(name)[index] if index else file.get_tensor(name)
+                rows.append(np.array(row, dtype=np.float64))
         return np.stack(rows)
 
     def quote_spans(self, limit: int) -> list[QuoteSpan]:
