@@ -52,7 +52,7 @@ def job_corpus(tmp_path_factory):
     return path
 
 
-def job_spec(corpus, out, kinds=ALL_KINDS):
+def job_spec(corpus, out, kinds=ALL_KINDS, shard_sequences=SHARD_SEQUENCES):
     from headscope.jobs.run import JobSpec, WorkerConfig
 
     return JobSpec(
@@ -60,7 +60,7 @@ def job_spec(corpus, out, kinds=ALL_KINDS):
         kinds=tuple(kinds),
         out=out,
         worker=WorkerConfig(model=str(STANDIN_DIR)),
-        shard_sequences=SHARD_SEQUENCES,
+        shard_sequences=shard_sequences,
     )
 
 

@@ -50,7 +50,11 @@ def test_lists_finished_jobs(jobs_api, finished_job):
 
 def test_one_job_and_its_answers(jobs_api, finished_job):
     from headscope.jobs.results import JobResults
-    from headscope.schemas import CorpusJobActivityQuery, CorpusJobAttentionQuery
+    from headscope.schemas import (
+        CorpusJobActivityQuery,
+        CorpusJobAttentionQuery,
+        CorpusJobQuotesQuery,
+    )
 
     job, out = finished_job
     assert jobs_api.get(f"/v1/corpus/jobs/{job['id']}").json()["sequences"] == job["sequences"]
@@ -75,9 +79,12 @@ def test_one_job_and_its_answers(jobs_api, finished_job):
     ).rows
     assert attention.json()["rows"] == [row.model_dump() for row in rows]
 
-    quotes = jobs_api.get(f"/v1/corpus/jobs/{job['id']}/quotes")
+    quotes = jobs_api.get(f"/v1/corpus/jobs/{job['id']}/quotes", params={"seed": 3})
     assert quotes.status_code == 200
     assert quotes.json()["source"] == {**quotes.json()["source"], "kind": "job", "job": job["id"]}
+    expected_quotes = reader.quotes(job["id"], CorpusJobQuotesQuery(seed=3))
+    assert quotes.json()["ci"] == expected_quotes.ci.model_dump()
+    assert quotes.json()["spans"] == [span.model_dump() for span in expected_quotes.spans] != []
 
 
 def test_unknown_and_invalid_requests_get_the_envelope(jobs_api, finished_job):
@@ -109,6 +116,8 @@ def test_unknown_and_invalid_requests_get_the_envelope(jobs_api, finished_job):
     assert_error(
         jobs_api.get("/v1/corpus/jobs", params={"corpus_sha256": "zz"}), 422, "invalid_request"
     )
+    assert_error(jobs_api.get(f"{base}/quotes", params={"seed": "x"}), 422, "invalid_request")
+    assert_error(jobs_api.get(f"{base}/quotes", params={"sead": 1}), 422, "invalid_request")
 
 
 def test_no_jobs_dir_lists_nothing(api):

@@ -85,10 +85,10 @@ def test_attention_by_tag_equals_the_endpoint(
 
 
 def test_quotes_equal_the_endpoint(results, finished_job, endpoint_analysis):
-    from headscope.schemas import QuotesRequest
+    from headscope.schemas import CorpusJobQuotesQuery, QuotesRequest
 
     job, _ = finished_job
-    ours = results.quotes(job["id"])
+    ours = results.quotes(job["id"], CorpusJobQuotesQuery())
     theirs = endpoint_analysis.quotes(QuotesRequest(n_sequences=JOB_SEQUENCES))
     assert ours.inside_tokens == theirs.inside_tokens > 0
     assert ours.outside_tokens == theirs.outside_tokens
@@ -157,3 +157,116 @@ def test_two_local_workers_write_the_same_sums(job_corpus, finished_job, tmp_pat
     ours, theirs = load_file(tmp_path / "two" / STATISTICS_FILE), load_file(out / STATISTICS_FILE)
     for name, array in ours.items():
         np.testing.assert_array_equal(array, theirs[name], err_msg=name)
+
+
+# -- intervals and quote spans ---------------------------------------------------------------
+
+CI_SEED = 7
+
+
+def assert_intervals_equal(ours, theirs):
+    """Two GridIntervals (or Intervals) equal to RTOL, undefined (None) in the same places;
+    the number of defined lower bounds."""
+    for bound in ("low", "high"):
+        mine, other = (
+            np.asarray(getattr(ours, bound), float),
+            np.asarray(getattr(theirs, bound), float),
+        )
+        np.testing.assert_array_equal(np.isnan(mine), np.isnan(other))
+        np.testing.assert_allclose(mine, other, rtol=RTOL, atol=0, equal_nan=True)
+    return int(np.isfinite(np.asarray(theirs.low, float)).sum())
+
+
+@pytest.fixture(scope="module")
+def sequence_shards(job_corpus, tmp_path_factory):
+    """(job id, results, texts in corpus order) of a job with one sequence per shard: its
+    bootstrap over shards is the corpus endpoints' bootstrap over sequences."""
+    from headscope.jobs.results import JobResults
+    from headscope.jobs.run import run_job
+    from headscope.jobs.source import CorpusFile
+    from tests.jobs.conftest import job_spec
+
+    out = tmp_path_factory.mktemp("jobs") / "sequence-shards"
+    kinds = ("activity-by-tag", "attention-by-tag", "quotes")
+    job = run_job(job_spec(job_corpus, out, kinds, shard_sequences=1), progress=False)
+    texts = list(CorpusFile.open(str(job_corpus)).sequences())
+    assert job["shards"] == len(texts) == JOB_SEQUENCES
+    return job["id"], JobResults(out), texts
+
+
+@pytest.mark.parametrize(("tag", "position"), [("NN", "on"), ("VBD", "after"), ("``", "before")])
+def test_activity_intervals_equal_the_endpoints(sequence_shards, endpoint_analysis, tag, position):
+    from headscope.schemas import ActivityByTagRequest, CorpusJobActivityQuery
+
+    job_id, results, texts = sequence_shards
+    ours = results.activity_by_tag(
+        job_id, CorpusJobActivityQuery(tag=tag, position=position, seed=CI_SEED)
+    )
+    theirs = endpoint_analysis.activity_by_tag(
+        ActivityByTagRequest(tag=tag, position=position, texts=texts, seed=CI_SEED)
+    )
+    assert ours.ci is not None and theirs.ci is not None
+    assert (ours.ci.level, ours.ci.resamples) == (theirs.ci.level, theirs.ci.resamples)
+    assert "over shards" in ours.ci.method
+    assert assert_intervals_equal(ours.ci.mean_at_position, theirs.ci.mean_at_position) > 0
+    assert_intervals_equal(ours.ci.lift, theirs.ci.lift)
+
+
+@pytest.mark.parametrize(
+    ("layer", "head", "direction", "tag"), [(5, 5, "from", "PRP$"), (2, 0, "to", "``")]
+)
+def test_attention_intervals_equal_the_endpoints(
+    sequence_shards, endpoint_analysis, layer, head, direction, tag
+):
+    from headscope.schemas import AttentionByTagRequest, CorpusJobAttentionQuery
+
+    job_id, results, texts = sequence_shards
+    fields = {"layer": layer, "head": head, f"{direction}_tag": tag, "seed": CI_SEED}
+    ours = results.attention_by_tag(job_id, CorpusJobAttentionQuery(**fields))
+    theirs = endpoint_analysis.attention_by_tag(AttentionByTagRequest(**fields, texts=texts))
+    assert ours.ci is not None and theirs.ci is not None
+    assert ours.ci.attention.keys() == theirs.ci.attention.keys()
+    defined = sum(
+        assert_intervals_equal(ours.ci.attention[tag_of_row], interval)
+        for tag_of_row, interval in theirs.ci.attention.items()
+    )
+    assert defined > 0
+
+
+def test_quote_intervals_and_spans_equal_the_endpoints(sequence_shards, endpoint_analysis):
+    from headscope.schemas import CorpusJobQuotesQuery, QuotesRequest
+
+    job_id, results, texts = sequence_shards
+    ours = results.quotes(job_id, CorpusJobQuotesQuery(seed=CI_SEED))
+    theirs = endpoint_analysis.quotes(QuotesRequest(texts=texts, seed=CI_SEED))
+    assert ours.ci is not None and theirs.ci is not None
+    for name in ("mean_inside", "mean_outside", "ratio", "attention_to_opening"):
+        assert assert_intervals_equal(getattr(ours.ci, name), getattr(theirs.ci, name)) > 0
+    assert len(theirs.spans) > 0
+    assert ours.spans == theirs.spans
+
+
+def test_a_jobs_spans_index_the_corpus_whatever_the_shard_size(
+    results, finished_job, sequence_shards
+):
+    """Spans of 8-sequence shards are those of 1-sequence shards: `sequence` counts from the
+    corpus's first sequence, not the shard's."""
+    from headscope.schemas import CorpusJobQuotesQuery
+
+    job, _ = finished_job
+    job_id, by_sequence, _ = sequence_shards
+    ours = results.quotes(job["id"], CorpusJobQuotesQuery())
+    assert any(span.sequence >= SHARD_SEQUENCES for span in ours.spans)
+    assert ours.spans == by_sequence.quotes(job_id, CorpusJobQuotesQuery()).spans
+
+
+def test_intervals_over_larger_shards_follow_the_seed(results, finished_job):
+    from headscope.schemas import CorpusJobQuotesQuery
+
+    job, _ = finished_job
+    first, again, other = (
+        results.quotes(job["id"], CorpusJobQuotesQuery(seed=seed)).ci for seed in (0, 0, 1)
+    )
+    assert first is not None and first == again and first != other
+    low, high = (np.asarray(getattr(first.mean_inside, b), float) for b in ("low", "high"))
+    assert np.all(low <= high)

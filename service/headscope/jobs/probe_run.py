@@ -24,7 +24,7 @@ from headscope.analysis.probes.metrics import (
     classification_report,
     majority_baseline,
 )
-from headscope.analysis.probes.pipeline import _library_versions, _report_grids, model_identity
+from headscope.analysis.probes.pipeline import library_versions, model_identity, report_grids
 from headscope.analysis.probes.store import FORMAT, read_manifest, save_run
 from headscope.errors import StartupError
 from headscope.jobs.probe_fit import (
@@ -127,7 +127,7 @@ def train_run_from_job(
         )
         coef, intercept = fit.coef.astype(np.float32), fit.intercept.astype(np.float32)
         predicted = predict_classes(test_features[vector], coef, intercept)
-        grids = _report_grids(
+        grids = report_grids(
             classification_report(y_test, predicted, len(labels)), labels, g.n_layers, g.n_heads
         )
         grids["fit"] = {
@@ -182,7 +182,7 @@ def train_run_from_job(
             "tol": tol,
             "max_iter": max_iter,
         },
-        "libraries": _library_versions(),
+        "libraries": library_versions(),
         "timings": {"total_s": round(time.perf_counter() - started, 3)},
         "metrics": {
             "zero_division": ZERO_DIVISION,

@@ -1,8 +1,11 @@
 """Finished corpus jobs as the server reads them: job.json and the merged float64 sums, turned
 into the corpus endpoints' answers with the same formulas (ratios of sums over tokens).
 
-Only JSON and safetensors are read, never a pickle. A job's answer has no bootstrap interval:
-that needs the per-sequence sums, which a job over a whole split does not keep.
+Only JSON and safetensors are read, never a pickle. A job keeps no per-sequence sums (a whole
+split's would not fit), so its bootstrap intervals resample shards, whose sums are on disk: a
+cluster bootstrap over blocks of `shard_sequences` consecutive sequences, the same Resampler as the
+corpus endpoints (with one sequence per shard it is their bootstrap over sequences). The quote
+spans are kept per shard in the shard file's metadata.
 """
 
 from __future__ import annotations
@@ -15,28 +18,115 @@ from pathlib import Path
 
 import numpy as np
 from pydantic import ValidationError
+from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from headscope.analysis.bootstrap import support_warning
+from headscope.analysis.bootstrap import LEVEL, RESAMPLES, Resampler, support_warning
 from headscope.analysis.corpus import tag_attention_rows
 from headscope.errors import InvalidRequest, NotFound, UnknownHead
-from headscope.jobs.run import JOB_FILE, STATISTICS_FILE
+from headscope.jobs.run import JOB_FILE, SHARDS_DIR, STATISTICS_FILE
 from headscope.jobs.statistics import POSITIONS, Sums
 from headscope.schemas import (
+    ActivityByTagIntervals,
     ActivityByTagResponse,
+    AttentionByTagIntervals,
     AttentionByTagResponse,
     CorpusJob,
     CorpusJobActivityQuery,
     CorpusJobAttentionQuery,
+    CorpusJobQuotesQuery,
     CorpusSource,
+    GridInterval,
+    Interval,
+    QuotesIntervals,
+    QuoteSpan,
     QuotesResponse,
 )
 
 log = logging.getLogger("headscope.jobs")
 
 
+# A job's answer lists the quotations of its first sequences only: a whole split has millions.
+MAX_SPANS = 1000
+JOB_METHOD = (
+    f"percentile bootstrap over shards: the job's shards (blocks of shard_sequences consecutive "
+    f"sequences) drawn with replacement {RESAMPLES} times (seeded by the query's seed), the "
+    "statistic recomputed from the resampled shard sums each time"
+)
+
+
 def _grid(values: np.ndarray | None) -> list[list[float]] | None:
     return None if values is None else values.tolist()
+
+
+def _bound(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _grid_interval(bounds: tuple[np.ndarray, np.ndarray]) -> GridInterval:
+    low, high = bounds
+    return GridInterval(
+        low=[[_bound(v) for v in row] for row in low],
+        high=[[_bound(v) for v in row] for row in high],
+    )
+
+
+def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """[resample, ...] / [resample] (or the same shape), broadcast over trailing axes."""
+    while counts.ndim < sums.ndim:
+        counts = counts[..., None]
+    return sums / counts
+
+
+def _mean_ratio(a: np.ndarray, na: np.ndarray, b: np.ndarray, nb: np.ndarray) -> np.ndarray:
+    return _mean(a, na) / _mean(b, nb)
+
+
+def _intervals_spec() -> dict:
+    return {"level": LEVEL, "resamples": RESAMPLES, "method": JOB_METHOD}
+
+
+class ShardRows:
+    """Slices of every finished shard's sums, stacked in shard order: the bootstrap's units."""
+
+    def __init__(self, directory: Path, seed: int) -> None:
+        # One slice of one shard in memory at a time: a whole split's shards would not fit.
+        self.paths = sorted((directory / SHARDS_DIR).glob("*.sums.safetensors"))
+        self.resampler = Resampler.of(len(self.paths), seed)
+
+    def __call__(self, name: str, index: tuple = ()) -> np.ndarray:
+        """[shard, ...]: sums[name][index] of each shard."""
+        rows = []
+        for path in self.paths:
+            with safe_open(path, "numpy") as file:
+                # A slice reads only its own bytes: one head's attention mass, not every head's.
+                row = file.get_slice(name)[index] if index else file.get_tensor(name)
+                rows.append(np.array(row, dtype=np.float64))
+        return np.stack(rows)
+
+    def quote_spans(self, limit: int) -> list[QuoteSpan]:
+        """The first `limit` quotations, their `sequence` an index into the job's corpus."""
+        spans: list[QuoteSpan] = []
+        for path in self.paths:
+            with safe_open(path, "numpy") as file:
+                metadata = file.metadata() or {}
+            first = int(metadata["first_sequence"])
+            for sequence, opening, closing, start, end, inside in json.loads(
+                metadata.get("quote_spans", "[]")
+            ):
+                if len(spans) == limit:
+                    return spans
+                spans.append(
+                    QuoteSpan(
+                        sequence=first + sequence,
+                        opening_token=opening,
+                        closing_token=closing,
+                        start=start,
+                        end=end,
+                        inside_tokens=inside,
+                    )
+                )
+        return spans
 
 
 @dataclass(frozen=True)
@@ -140,6 +230,21 @@ class JobResults:
         mean_all = sums["activity.sum_all"] / sums["tokens"][0]  # [layer, head]
         mean_at = sums["activity.sum_at"][position, chosen] / at_count if at_count else None
         with_position = int(sums["activity.sequences_with_position"][position, chosen])
+        ci = None
+        if at_count:
+            shards = ShardRows(finished.directory, query.seed)
+            at = shards("activity.sum_at", (position, chosen))  # [shard, layer, head]
+            at_count_by_shard = shards("activity.positions", (position, chosen))  # [shard]
+            overall = (shards("activity.sum_all"), shards("tokens", (0,)))
+            ci = ActivityByTagIntervals(
+                **_intervals_spec(),
+                mean_at_position=_grid_interval(
+                    shards.resampler.interval(_mean, at, at_count_by_shard)
+                ),
+                lift=_grid_interval(
+                    shards.resampler.interval(_mean_ratio, at, at_count_by_shard, *overall)
+                ),
+            )
         return ActivityByTagResponse(
             tag=query.tag,
             position=query.position,
@@ -149,7 +254,7 @@ class JobResults:
             mean_at_position=_grid(mean_at),
             mean_overall=mean_all.tolist(),
             lift=_grid(None if mean_at is None else mean_at / mean_all),
-            ci=None,
+            ci=ci,
             warning=support_warning(
                 at_count, with_position, f"the mean {query.position} {query.tag}"
             ),
@@ -180,6 +285,31 @@ class JobResults:
         counts = sums["attention.tag_tokens"]  # [tag]
         rows = tag_attention_rows(direction, chosen, tags, mass, uniform_mass, counts)
         with_tag = int(sums["attention.sequences_with_tag"][chosen])
+        ci = None
+        if rows:
+            shards = ShardRows(finished.directory, query.seed)
+            if direction == "from":  # [shard, key tag] over [shard]
+                bounds = shards.resampler.interval(
+                    _mean,
+                    shards("attention.mass", (layer, head, chosen)),
+                    shards("attention.tag_tokens", (chosen,)),
+                )
+            else:  # [shard, query tag] over [shard, query tag]
+                bounds = shards.resampler.interval(
+                    _mean,
+                    shards("attention.mass", (layer, head, slice(None), chosen)),
+                    shards("attention.tag_tokens"),
+                )
+            low, high = bounds
+            ci = AttentionByTagIntervals(
+                **_intervals_spec(),
+                attention={
+                    row.tag: Interval(
+                        low=_bound(low[tags[row.tag]]), high=_bound(high[tags[row.tag]])
+                    )
+                    for row in rows
+                },
+            )
         return AttentionByTagResponse(
             layer=layer,
             head=head,
@@ -187,12 +317,12 @@ class JobResults:
             tag=tag,
             tag_tokens=int(counts[chosen]),
             rows=rows,
-            ci=None,
+            ci=ci,
             warning=support_warning(int(counts[chosen]), with_tag, f"{tag} ({direction})"),
             source=finished.source,
         )
 
-    def quotes(self, job_id: str) -> QuotesResponse:
+    def quotes(self, job_id: str, query: CorpusJobQuotesQuery) -> QuotesResponse:
         """Every head's activity inside quotations against outside, from the job's sums."""
         finished = self.job(job_id)
         sums, _ = self._statistics(finished, "quotes")
@@ -206,15 +336,30 @@ class JobResults:
             else None
         )
         to_opening = sums["quotes.sum_to_opening"] / inside_count if inside_count else None
+        shards = ShardRows(finished.directory, query.seed)
+        ci = None
+        if inside_count and outside_count:
+            inside = (shards("quotes.sum_inside"), shards("quotes.inside_tokens", (0,)))
+            outside = (shards("quotes.sum_outside"), shards("quotes.outside_tokens", (0,)))
+            to_opening_by_shard = (shards("quotes.sum_to_opening"), inside[1])
+            ci = QuotesIntervals(
+                **_intervals_spec(),
+                mean_inside=_grid_interval(shards.resampler.interval(_mean, *inside)),
+                mean_outside=_grid_interval(shards.resampler.interval(_mean, *outside)),
+                ratio=_grid_interval(shards.resampler.interval(_mean_ratio, *inside, *outside)),
+                attention_to_opening=_grid_interval(
+                    shards.resampler.interval(_mean, *to_opening_by_shard)
+                ),
+            )
         return QuotesResponse(
-            spans=[],
+            spans=shards.quote_spans(MAX_SPANS),
             inside_tokens=inside_count,
             outside_tokens=outside_count,
             mean_inside=_grid(mean_inside),
             mean_outside=_grid(mean_outside),
             ratio=_grid(ratio),
             attention_to_opening=_grid(to_opening),
-            ci=None,
+            ci=ci,
             warning=support_warning(
                 inside_count,
                 int(sums["quotes.sequences_with_inside"][0]),

@@ -33,11 +33,18 @@ from headscope.settings import Settings
 
 log = logging.getLogger("headscope.jobs")
 
+# Called in the worker process as it starts a shard (tests use it to kill a worker mid-run).
+ShardStartCallback = Callable[[Shard], None]
+
 JOB_FILE = "job.json"
 SHARDS_DIR = "shards"
 STATISTICS_FILE = "statistics.safetensors"
 DEFAULT_SHARD_SEQUENCES = 256
 ENGINES = ("local", "ray")
+
+
+class WorkerDied(StartupError):
+    """A worker process of the job was killed (out of memory, a signal) mid-shard."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +137,8 @@ def process_shard(
         "tokens": str(result.tokens),
         "tags": json.dumps(vocabulary),
     }
+    if "quotes" in kinds:
+        metadata["quote_spans"] = json.dumps(result.quote_spans)
     sums_path, features_path = shard_paths(out, shard.index)
     if result.features:
         _save_atomically(result.features, features_path, metadata)
@@ -138,9 +147,16 @@ def process_shard(
 
 
 def run_shard_in_worker(
-    config: WorkerConfig, kinds: tuple[str, ...], shard: Shard, out: Path, job_id: str
+    config: WorkerConfig,
+    kinds: tuple[str, ...],
+    shard: Shard,
+    out: Path,
+    job_id: str,
+    on_start: ShardStartCallback | None = None,
 ) -> ShardDone:
     """The local engine's task: the worker process's runtime, then the shard."""
+    if on_start is not None:
+        on_start(shard)
     return process_shard(worker_runtime(config), kinds, shard, out, job_id)
 
 
@@ -200,21 +216,45 @@ ShardCallback = Callable[[ShardDone], None]
 
 
 def _local_results(
-    spec: JobSpec, shards: Iterable[Shard], workers: int, job_id: str
+    spec: JobSpec,
+    shards: Iterable[Shard],
+    workers: int,
+    job_id: str,
+    on_start: ShardStartCallback | None = None,
 ) -> Iterator[ShardDone]:
     if workers == 1:
         runtime = worker_runtime(spec.worker)
         for shard in shards:
+            if on_start is not None:
+                on_start(shard)
             yield process_shard(runtime, spec.kinds, shard, spec.out, job_id)
         return
     from joblib import Parallel, delayed
+    from joblib.externals.loky.process_executor import TerminatedWorkerError
 
     # Lazy dispatch: joblib pulls a few shards ahead of the workers, never the whole corpus.
     parallel = Parallel(n_jobs=workers, return_as="generator_unordered", pre_dispatch="2*n_jobs")
-    yield from parallel(
-        delayed(run_shard_in_worker)(spec.worker, spec.kinds, shard, spec.out, job_id)
-        for shard in shards
-    )
+    in_flight: set[int] = set()
+
+    def dispatched() -> Iterator[Shard]:
+        for shard in shards:
+            in_flight.add(shard.index)
+            yield shard
+
+    try:
+        for finished in parallel(
+            delayed(run_shard_in_worker)(spec.worker, spec.kinds, shard, spec.out, job_id, on_start)
+            for shard in dispatched()
+        ):
+            in_flight.discard(finished.index)
+            yield finished
+    except TerminatedWorkerError as error:
+        # Only whole files are ever renamed into place, so the shards already written stand.
+        unfinished = ", ".join(str(index) for index in sorted(in_flight))
+        raise WorkerDied(
+            f"a worker process died while mapping one of shards {unfinished} (not written); "
+            "the finished shards are kept: run the same job again to resume"
+        ) from error
 
 
 def connect_ray(address: str | None, workers: int) -> None:
@@ -262,6 +302,15 @@ def _ray_results(
             ray.kill(actor)  # type: ignore[arg-type]
 
 
+def _checked(results: Iterator[ShardDone], out: Path, job: dict[str, Any]) -> Iterator[ShardDone]:
+    """The results, with job.json marked failed (and why) when a worker dies."""
+    try:
+        yield from results
+    except WorkerDied as error:
+        _write_job(out, job | {"status": "failed", "error": str(error)})
+        raise
+
+
 def run_job(
     spec: JobSpec,
     *,
@@ -270,6 +319,7 @@ def run_job(
     address: str | None = None,
     progress: bool = True,
     on_shard: ShardCallback | None = None,
+    on_shard_start: ShardStartCallback | None = None,
 ) -> dict[str, Any]:
     """Map every shard not yet written, reduce, and return the finished job.json."""
     from headscope.model.loading import resolve_model_files, sha256_of_files
@@ -298,6 +348,7 @@ def run_job(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     job["status"] = "running"
+    job.pop("error", None)
     _write_job(out, job)
 
     done = done_shards(out)
@@ -324,25 +375,28 @@ def run_job(
             yield shard
 
     if engine == "local":
-        results = _local_results(spec, pending(), workers, job_id)
+        results = _local_results(spec, pending(), workers, job_id, on_shard_start)
     else:
         results = _ray_results(spec, pending(), workers, job_id, address)
     vocabulary: list[str] | None = job.get("tags")
-    for finished in results:
-        if vocabulary is None:
-            vocabulary = finished.vocabulary
-        elif finished.vocabulary != vocabulary:
-            raise StartupError(
-                f"shard {finished.index} was tagged with another tag set than the rest of the job"
-            )
-        new_tokens += finished.tokens
-        elapsed = max(time.monotonic() - started, 1e-9)
-        bar.update(shard_bytes.pop(finished.index, 0))
-        bar.set_postfix_str(f"{new_tokens / elapsed:,.0f} tokens/s", refresh=False)
-        if on_shard is not None:
-            on_shard(finished)
-    bar.update(bar.total - bar.n)  # the blank lines between sequences
-    bar.close()
+    try:
+        for finished in _checked(results, out, job):
+            if vocabulary is None:
+                vocabulary = finished.vocabulary
+            elif finished.vocabulary != vocabulary:
+                raise StartupError(
+                    f"shard {finished.index} was tagged with another tag set than the rest of "
+                    "the job"
+                )
+            new_tokens += finished.tokens
+            elapsed = max(time.monotonic() - started, 1e-9)
+            bar.update(shard_bytes.pop(finished.index, 0))
+            bar.set_postfix_str(f"{new_tokens / elapsed:,.0f} tokens/s", refresh=False)
+            if on_shard is not None:
+                on_shard(finished)
+        bar.update(bar.total - bar.n)  # the blank lines between sequences
+    finally:
+        bar.close()
     elapsed = time.monotonic() - started
 
     statistics, totals = reduce_shards(out)

@@ -11,7 +11,7 @@ at `max_tokens`, the same forward pass, the same float64 formulas.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -69,6 +69,9 @@ class ShardResult:
     features: dict[str, np.ndarray]  # probe features: vectors [layer, head, token, d] float16 …
     tokens: int
     sequences: int
+    # Quotations found: [sequence in shard, opening token, closing token or None, start, end,
+    # inside tokens], the corpus endpoint's QuoteSpan fields.
+    quote_spans: list[list[int | None]] = field(default_factory=list)
 
 
 def position_masks(one_hot: np.ndarray) -> np.ndarray:
@@ -209,4 +212,10 @@ def map_shard(runtime: Runtime, texts: Sequence[str], kinds: Sequence[str]) -> S
         features["sequence"] = np.repeat(
             np.arange(len(encoded), dtype=np.int64), [len(e.ids) for e in encoded]
         )
-    return ShardResult(sums, features, int(sums["tokens"][0]), len(encoded))
+    found_spans: list[list[int | None]] = []
+    for index, found in enumerate(spans):
+        n = len(encoded[index])
+        for opening, closing, start, end in found:
+            stop = n if closing is None else closing
+            found_spans.append([index, opening, closing, start, end, max(stop - opening - 1, 0)])
+    return ShardResult(sums, features, int(sums["tokens"][0]), len(encoded), found_spans)

@@ -14,6 +14,7 @@ __all__ = [
     "CorpusJobAttentionQuery",
     "CorpusJobList",
     "CorpusJobListQuery",
+    "CorpusJobQuotesQuery",
     "JOB_ID_PATTERN",
 ]
 
@@ -54,6 +55,17 @@ class CorpusJobListQuery(RequestModel):
     )
 
 
+JOB_SEED_DESCRIPTION = (
+    "Seed of the bootstrap behind `ci`, which resamples the job's shards (blocks of "
+    "`shard_sequences` consecutive sequences); a job with `shard_sequences=1` and a corpus "
+    "analysis of the same texts in corpus order with the same seed give the same intervals."
+)
+
+
+class CorpusJobQuotesQuery(RequestModel):
+    seed: int = Field(default=0, description=JOB_SEED_DESCRIPTION)
+
+
 class CorpusJobActivityQuery(RequestModel):
     tag: str = Field(description="Penn Treebank tag, e.g. VBD.", examples=["VBD"])
     position: Position = Field(
@@ -61,6 +73,7 @@ class CorpusJobActivityQuery(RequestModel):
         description="`on`: tokens tagged `tag`; `before`/`after`: the token just before/after a "
         "run of them.",
     )
+    seed: int = Field(default=0, description=JOB_SEED_DESCRIPTION)
 
     _tag_is_valid = field_validator("tag")(_valid_unicode)
 
@@ -74,6 +87,7 @@ class CorpusJobAttentionQuery(RequestModel):
     to_tag: str | None = Field(
         default=None, description="Key tag B. Give exactly one of from_tag and to_tag."
     )
+    seed: int = Field(default=0, description=JOB_SEED_DESCRIPTION)
 
     _tags_are_valid = field_validator("from_tag", "to_tag")(_valid_unicode)
 

@@ -118,7 +118,7 @@ def _grid(values: np.ndarray, n_layers: int, n_heads: int) -> list[list[float]]:
     ).tolist()
 
 
-def _library_versions() -> dict[str, str]:
+def library_versions() -> dict[str, str]:
     versions = {"python": platform.python_version()}
     for name in LIBRARIES:
         try:
@@ -128,7 +128,7 @@ def _library_versions() -> dict[str, str]:
     return versions
 
 
-def _report_grids(
+def report_grids(
     report: Report, labels: Sequence[str], n_layers: int, n_heads: int
 ) -> dict[str, Any]:
     return {
@@ -245,7 +245,7 @@ def train_probe_run(
             )
         predicted = predict_classes(features_test, result.coef, result.intercept)
         report = classification_report(y_test, predicted, len(labels))
-        grids = _report_grids(report, labels, g.n_layers, g.n_heads)
+        grids = report_grids(report, labels, g.n_layers, g.n_heads)
         grids["fit"] = {
             "iterations": result.iterations.reshape(g.n_layers, g.n_heads).tolist(),
             "converged": result.converged.reshape(g.n_layers, g.n_heads).tolist(),
@@ -325,7 +325,7 @@ def train_probe_run(
             "tol": config.tol,
             "max_iter": config.max_iter or (100 if config.method == "fast" else 1000),
         },
-        "libraries": _library_versions(),
+        "libraries": library_versions(),
         "timings": {name: round(seconds, 3) for name, seconds in timings.items()},
         "metrics": {
             "zero_division": ZERO_DIVISION,

@@ -18,6 +18,7 @@ from headscope.schemas import (
     CorpusJobAttentionQuery,
     CorpusJobList,
     CorpusJobListQuery,
+    CorpusJobQuotesQuery,
     ErrorResponse,
     QuotesResponse,
 )
@@ -82,6 +83,8 @@ def job_attention_by_tag(
 
 
 @router.get("/{job_id}/quotes", response_model=QuotesResponse, responses=UNKNOWN_JOB)
-def job_quotes(job_id: JobId, results: JobResultsDep) -> QuotesResponse:
+def job_quotes(
+    job_id: JobId, query: Annotated[CorpusJobQuotesQuery, Query()], results: JobResultsDep
+) -> QuotesResponse:
     """Every head's activity inside vs. outside quotations, over the job's whole corpus."""
-    return results.quotes(job_id)
+    return results.quotes(job_id, query)
