@@ -123,3 +123,16 @@ def test_unknown_and_invalid_requests_get_the_envelope(jobs_api, finished_job):
 def test_no_jobs_dir_lists_nothing(api):
     assert api.get("/v1/corpus/jobs").json() == {"jobs": []}
     assert_error(api.get("/v1/corpus/jobs/0123456789abcdef"), 404, "not_found")
+
+
+def test_a_cut_span_list_says_how_many_were_found(jobs_api, finished_job, monkeypatch):
+    from headscope.jobs import results
+
+    job, _ = finished_job
+    every = jobs_api.get(f"/v1/corpus/jobs/{job['id']}/quotes").json()
+    found = len(every["spans"])
+    assert found > 2 and "spans lists" not in (every["warning"] or "")
+    monkeypatch.setattr(results, "MAX_SPANS", 2)
+    cut = jobs_api.get(f"/v1/corpus/jobs/{job['id']}/quotes").json()
+    assert cut["spans"] == every["spans"][:2]
+    assert f"spans lists the first 2 of the {found} quotations found" in cut["warning"]

@@ -104,18 +104,18 @@ class ShardRows:
                 rows.append(np.array(row, dtype=np.float64))
         return np.stack(rows)
 
-    def quote_spans(self, limit: int) -> list[QuoteSpan]:
-        """The first `limit` quotations, their `sequence` an index into the job's corpus."""
+    def quote_spans(self, limit: int) -> tuple[list[QuoteSpan], int]:
+        """(the first `limit` quotations, their `sequence` an index into the job's corpus; how
+        many the job found in all)."""
         spans: list[QuoteSpan] = []
+        total = 0
         for path in self.paths:
             with safe_open(path, "numpy") as file:
                 metadata = file.metadata() or {}
             first = int(metadata["first_sequence"])
-            for sequence, opening, closing, start, end, inside in json.loads(
-                metadata.get("quote_spans", "[]")
-            ):
-                if len(spans) == limit:
-                    return spans
+            in_shard = json.loads(metadata.get("quote_spans", "[]"))
+            total += len(in_shard)
+            for sequence, opening, closing, start, end, inside in in_shard[: limit - len(spans)]:
                 spans.append(
                     QuoteSpan(
                         sequence=first + sequence,
@@ -126,7 +126,7 @@ class ShardRows:
                         inside_tokens=inside,
                     )
                 )
-        return spans
+        return spans, total
 
 
 @dataclass(frozen=True)
@@ -351,8 +351,19 @@ class JobResults:
                     shards.resampler.interval(_mean, *to_opening_by_shard)
                 ),
             )
+        spans, spans_found = shards.quote_spans(MAX_SPANS)
+        warnings = [
+            support_warning(
+                inside_count,
+                int(sums["quotes.sequences_with_inside"][0]),
+                "the mean inside quotations",
+            ),
+            f"spans lists the first {len(spans)} of the {spans_found} quotations found"
+            if spans_found > len(spans)
+            else None,
+        ]
         return QuotesResponse(
-            spans=shards.quote_spans(MAX_SPANS),
+            spans=spans,
             inside_tokens=inside_count,
             outside_tokens=outside_count,
             mean_inside=_grid(mean_inside),
@@ -360,10 +371,6 @@ class JobResults:
             ratio=_grid(ratio),
             attention_to_opening=_grid(to_opening),
             ci=ci,
-            warning=support_warning(
-                inside_count,
-                int(sums["quotes.sequences_with_inside"][0]),
-                "the mean inside quotations",
-            ),
+            warning="; ".join(warning for warning in warnings if warning) or None,
             source=finished.source,
         )
