@@ -20,12 +20,15 @@ from safetensors.numpy import load_file
 from headscope.analysis.bootstrap import support_warning
 from headscope.analysis.corpus import tag_attention_rows
 from headscope.errors import InvalidRequest, NotFound, UnknownHead
+from headscope.jobs.ablation import ABLATION, ablation_response
 from headscope.jobs.run import JOB_FILE, STATISTICS_FILE
 from headscope.jobs.statistics import POSITIONS, Sums
 from headscope.schemas import (
     ActivityByTagResponse,
     AttentionByTagResponse,
+    CorpusAblationResponse,
     CorpusJob,
+    CorpusJobAblationQuery,
     CorpusJobActivityQuery,
     CorpusJobAttentionQuery,
     CorpusSource,
@@ -222,3 +225,9 @@ class JobResults:
             ),
             source=finished.source,
         )
+
+    def ablation(self, job_id: str, query: CorpusJobAblationQuery) -> CorpusAblationResponse:
+        """Single-head ablation effects by next-token tag, from the job's sums."""
+        finished = self.job(job_id)
+        sums, tags = self._statistics(finished, ABLATION)
+        return ablation_response(finished.job, finished.source, sums, tags, query)
