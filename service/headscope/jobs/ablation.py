@@ -85,7 +85,9 @@ def parse_heads(text: str) -> tuple[tuple[int, int], ...]:
     for part in text.split(","):
         layer, dot, head = part.strip().partition(".")
         if not dot or not layer.isdigit() or not head.isdigit():
-            raise StartupError(f"--ablation-heads takes LAYER.HEAD,... (e.g. 2.0,5.5); got {part!r}")
+            raise StartupError(
+                f"--ablation-heads takes LAYER.HEAD,... (e.g. 2.0,5.5), not {part!r}"
+            )
         heads.append((int(layer), int(head)))
     return tuple(heads)
 
