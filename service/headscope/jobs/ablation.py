@@ -38,7 +38,13 @@ from headscope.analysis.bootstrap import support_warning
 from headscope.errors import InvalidRequest, NotFound, StartupError, UnknownHead
 from headscope.jobs.source import CorpusFile
 from headscope.jobs.statistics import Sums, encode_truncated, tag_vocabulary
-from headscope.schemas import AblationMeans, AblationTagRow, CorpusAblationResponse, CorpusSource
+from headscope.schemas import (
+    AblationMeans,
+    AblationTagRow,
+    CorpusAblationResponse,
+    CorpusSource,
+    HeadRef,
+)
 
 ABLATION = "ablation"
 MODES = ("zero", "mean")
@@ -233,7 +239,7 @@ def ablation_response(
                 counted, int(with_tag[chosen_tag]), f"predictions of {query.tag}"
             )
         return CorpusAblationResponse(
-            heads=[{"layer": layer, "head": head}],
+            heads=[HeadRef(layer=layer, head=head)],
             tag=query.tag,
             by_next_tag=rows,
             predictions=counted,

@@ -329,10 +329,9 @@ def run_job(
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     if spec.ablation is not None:
-        spec = replace(
-            spec, ablation=with_means(spec.ablation, corpus, worker_runtime(spec.worker))
-        )
-        job["ablation"] = spec.ablation.describe()
+        ablation = with_means(spec.ablation, corpus, worker_runtime(spec.worker))
+        spec = replace(spec, ablation=ablation)
+        job["ablation"] = ablation.describe()
     job["status"] = "running"
     _write_job(out, job)
 
