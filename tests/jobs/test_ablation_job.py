@@ -205,3 +205,26 @@ def test_the_server_answers_from_the_finished_job(settings, runtime, zero_job, t
         unknown_tag = client.get(f"/v1/corpus/jobs/{job['id']}/ablation", params={"tag": "XYZ"})
         assert unknown_tag.status_code == 422
         assert unknown_tag.json()["error"]["message"]
+
+
+def test_ray_actors_compute_the_same_sums(ray_cluster, ablation_corpus, mean_job, tmp_path):
+    """The ablation options (mean z included) reach Ray actors: the same sums as in process."""
+    from safetensors.numpy import load_file
+
+    from headscope.jobs.ablation import AblationJob
+    from headscope.jobs.run import STATISTICS_FILE, JobSpec, WorkerConfig, run_job
+
+    _, local_out = mean_job
+    spec = JobSpec(
+        corpus=str(ablation_corpus),
+        kinds=("ablation",),
+        out=tmp_path / "ray",
+        worker=WorkerConfig(model=str(STANDIN_DIR)),
+        shard_sequences=SHARD_SEQUENCES,
+        ablation=AblationJob(mode="mean", heads=HEADS),
+    )
+    run_job(spec, engine="ray", workers=2, progress=False)
+    local = load_file(local_out / STATISTICS_FILE)
+    on_ray = load_file(spec.out / STATISTICS_FILE)
+    for name in local:
+        np.testing.assert_allclose(on_ray[name], local[name], rtol=1e-12, atol=0)
