@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -54,6 +55,19 @@ MEAN_SEQUENCES = 100
 MEAN_SEED = 0
 
 
+def mean_sample(n_sequences: int) -> list[int]:
+    """Indices of the corpus sequences the mean z is taken over (the draw of
+    `CorpusAnalysis.draw(MEAN_SEED, ...)`), for a corpus of `n_sequences`."""
+    return random.Random(MEAN_SEED).sample(range(n_sequences), min(MEAN_SEQUENCES, n_sequences))
+
+
+def mean_z_of(runtime, id_lists: Sequence[Sequence[int]]) -> tuple[np.ndarray, int]:
+    """Every head's mean z over the tokens of `id_lists`, [layer, head, d_head] float32, and
+    the tokens counted."""
+    total, tokens = runtime.runner.z_sums(id_lists)
+    return (total / tokens).astype(np.float32), tokens
+
+
 class AblationAnalysis:
     """The ablation and head-score questions of the API, on a corpus analysis (its corpus,
     sequence drawing, limits and result cache)."""
@@ -87,7 +101,7 @@ class AblationAnalysis:
             return cached  # type: ignore[return-value]
         _, indices = self.corpus.draw(MEAN_SEED, count)
         id_lists = [self.corpus._encode_truncated(corpus.sequences[i])[0].ids for i in indices]
-        total, tokens = self.runtime.runner.z_sums(id_lists)
+        mean, tokens = mean_z_of(self.runtime, id_lists)
         means = AblationMeans(
             # The name only, as GET /v1/corpus/sequence gives it: not the server's folders.
             corpus=Path(corpus.source).name,
@@ -96,7 +110,7 @@ class AblationAnalysis:
             sequences=count,
             tokens=tokens,
         )
-        result = ((total / tokens).astype(np.float32), means)
+        result = (mean, means)
         self.means.put(key, result)
         log.info("Mean z of every head over %d corpus sequences (%d tokens)", count, tokens)
         return result

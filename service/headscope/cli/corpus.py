@@ -5,6 +5,8 @@ headscope corpus run --corpus stories.txt --job activity-by-tag,quotes --out job
 headscope corpus run --corpus hub --job attention-by-tag --engine local --workers 2 --out jobs/a
 headscope corpus run --corpus stories.txt --job probe-features --engine ray --workers 8 --out j/f
 headscope corpus run ... --engine ray --address ray://head:10001     # an existing Ray cluster
+headscope corpus run --corpus stories.txt --job ablation --ablation-mode mean --out jobs/abl
+headscope corpus run ... --job ablation --ablation-heads 2.0,5.5 --out jobs/two  # (default: all)
 
 Serve the results with `headscope serve --jobs-dir jobs` (GET /v1/corpus/jobs).
 
@@ -30,7 +32,7 @@ RUN_SETTINGS = [
 
 
 def _kinds(value: str) -> tuple[str, ...]:
-    from headscope.jobs.statistics import JOB_KINDS
+    from headscope.jobs.run import ALL_JOB_KINDS as JOB_KINDS
 
     kinds = tuple(dict.fromkeys(part.strip() for part in value.split(",") if part.strip()))
     unknown = [kind for kind in kinds if kind not in JOB_KINDS]
@@ -68,8 +70,22 @@ def register(subparsers) -> None:
         dest="kinds",
         type=_kinds,
         default=("activity-by-tag", "attention-by-tag", "quotes"),
-        help="Comma-separated: activity-by-tag, attention-by-tag, quotes, probe-features "
-        "(default: the three statistics).",
+        help="Comma-separated: activity-by-tag, attention-by-tag, quotes, probe-features, "
+        "ablation (default: the three statistics).",
+    )
+    run_parser.add_argument(
+        "--ablation-mode",
+        choices=("zero", "mean"),
+        default="zero",
+        help="--job ablation: replace each head's z by zeros, or by its mean over the corpus "
+        "(default zero).",
+    )
+    run_parser.add_argument(
+        "--ablation-heads",
+        default=None,
+        metavar="L.H,...",
+        help="--job ablation: the heads to ablate, each alone, e.g. 2.0,5.5 (default: every "
+        "head). Every next-token tag is counted.",
     )
     run_parser.add_argument("--engine", choices=("local", "ray"), default="local")
     run_parser.add_argument(
@@ -109,6 +125,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from headscope.jobs.ablation import ABLATION, AblationJob, parse_heads
     from headscope.jobs.run import DEFAULT_SHARD_SEQUENCES, JobSpec, WorkerConfig, describe, run_job
 
     settings = settings_from_args(args, RUN_SETTINGS)
@@ -129,6 +146,12 @@ def run(args: argparse.Namespace) -> int:
             attention_kernel=settings.attention_kernel,
         ),
         shard_sequences=args.shard_sequences or DEFAULT_SHARD_SEQUENCES,
+        ablation=AblationJob(
+            mode=args.ablation_mode,
+            heads=parse_heads(args.ablation_heads) if args.ablation_heads else None,
+        )
+        if ABLATION in args.kinds
+        else None,
     )
     job = run_job(
         spec,

@@ -24,6 +24,7 @@ from safetensors.numpy import load_file
 from headscope.analysis.bootstrap import LEVEL, RESAMPLES, Resampler, support_warning
 from headscope.analysis.corpus import tag_attention_rows
 from headscope.errors import InvalidRequest, NotFound, UnknownHead
+from headscope.jobs.ablation import ABLATION, ablation_response
 from headscope.jobs.run import JOB_FILE, SHARDS_DIR, STATISTICS_FILE
 from headscope.jobs.statistics import POSITIONS, Sums
 from headscope.schemas import (
@@ -31,7 +32,9 @@ from headscope.schemas import (
     ActivityByTagResponse,
     AttentionByTagIntervals,
     AttentionByTagResponse,
+    CorpusAblationResponse,
     CorpusJob,
+    CorpusJobAblationQuery,
     CorpusJobActivityQuery,
     CorpusJobAttentionQuery,
     CorpusJobQuotesQuery,
@@ -374,3 +377,9 @@ class JobResults:
             warning="; ".join(warning for warning in warnings if warning) or None,
             source=finished.source,
         )
+
+    def ablation(self, job_id: str, query: CorpusJobAblationQuery) -> CorpusAblationResponse:
+        """Single-head ablation effects by next-token tag, from the job's sums."""
+        finished = self.job(job_id)
+        sums, tags = self._statistics(finished, ABLATION)
+        return ablation_response(finished.job, finished.source, sums, tags, query)

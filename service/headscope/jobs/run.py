@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from headscope.errors import StartupError
+from headscope.jobs.ablation import ABLATION, AblationJob, ablation_sums, with_means
 from headscope.jobs.source import CorpusFile, Shard
 from headscope.jobs.statistics import JOB_KINDS, STATISTICS, Sums, map_shard, merge, tag_vocabulary
 from headscope.settings import Settings
@@ -41,6 +42,7 @@ SHARDS_DIR = "shards"
 STATISTICS_FILE = "statistics.safetensors"
 DEFAULT_SHARD_SEQUENCES = 256
 ENGINES = ("local", "ray")
+ALL_JOB_KINDS = (*JOB_KINDS, ABLATION)
 
 
 class WorkerDied(StartupError):
@@ -79,14 +81,17 @@ class JobSpec:
     out: Path
     worker: WorkerConfig
     shard_sequences: int = DEFAULT_SHARD_SEQUENCES
+    ablation: AblationJob | None = None  # what kind `ablation` ablates
 
     def __post_init__(self) -> None:
-        unknown = [kind for kind in self.kinds if kind not in JOB_KINDS]
+        unknown = [kind for kind in self.kinds if kind not in ALL_JOB_KINDS]
         if unknown or not self.kinds:
             raise StartupError(
                 f"unknown job kind(s) {', '.join(unknown) or '(none)'}; choose from "
-                + ",".join(JOB_KINDS)
+                + ",".join(ALL_JOB_KINDS)
             )
+        if (ABLATION in self.kinds) != (self.ablation is not None):
+            raise StartupError("job kind ablation and its ablation options go together")
         if self.shard_sequences < 1:
             raise StartupError("shard_sequences must be at least 1")
 
@@ -124,10 +129,17 @@ def _save_atomically(tensors: dict[str, np.ndarray], path: Path, metadata: dict[
 
 
 def process_shard(
-    runtime, kinds: tuple[str, ...], shard: Shard, out: Path, job_id: str
+    runtime,
+    kinds: tuple[str, ...],
+    shard: Shard,
+    out: Path,
+    job_id: str,
+    ablation: AblationJob | None = None,
 ) -> ShardDone:
     """The map of one shard, written to its files (features first, sums last)."""
     result = map_shard(runtime, shard.texts, kinds)
+    if ablation is not None:
+        result.sums |= ablation_sums(runtime, shard.texts, ablation)
     vocabulary = tag_vocabulary(runtime)
     metadata = {
         "job_id": job_id,
@@ -153,11 +165,12 @@ def run_shard_in_worker(
     out: Path,
     job_id: str,
     on_start: ShardStartCallback | None = None,
+    ablation: AblationJob | None = None,
 ) -> ShardDone:
     """The local engine's task: the worker process's runtime, then the shard."""
     if on_start is not None:
         on_start(shard)
-    return process_shard(worker_runtime(config), kinds, shard, out, job_id)
+    return process_shard(worker_runtime(config), kinds, shard, out, job_id, ablation)
 
 
 class ShardActor:
@@ -166,8 +179,15 @@ class ShardActor:
     def __init__(self, config: WorkerConfig) -> None:
         self.runtime = worker_runtime(config)
 
-    def run(self, kinds: tuple[str, ...], shard: Shard, out: str, job_id: str) -> ShardDone:
-        return process_shard(self.runtime, kinds, shard, Path(out), job_id)
+    def run(
+        self,
+        kinds: tuple[str, ...],
+        shard: Shard,
+        out: str,
+        job_id: str,
+        ablation: AblationJob | None = None,
+    ) -> ShardDone:
+        return process_shard(self.runtime, kinds, shard, Path(out), job_id, ablation)
 
     def pid(self) -> int:
         return os.getpid()
@@ -181,13 +201,16 @@ def actor_name(job_id: str, worker: int) -> str:
 
 
 def job_identity(spec: JobSpec, corpus: CorpusFile, weights_sha256: str) -> dict[str, Any]:
-    return {
+    identity = {
         "corpus_sha256": corpus.sha256,
         "weights_sha256": weights_sha256,
         "max_tokens": spec.worker.settings().max_tokens,
         "kinds": sorted(spec.kinds),
         "shard_sequences": spec.shard_sequences,
     }
+    if spec.ablation is not None:
+        identity["ablation"] = spec.ablation.identity()
+    return identity
 
 
 def job_id_of(identity: dict[str, Any]) -> str:
@@ -227,7 +250,7 @@ def _local_results(
         for shard in shards:
             if on_start is not None:
                 on_start(shard)
-            yield process_shard(runtime, spec.kinds, shard, spec.out, job_id)
+            yield process_shard(runtime, spec.kinds, shard, spec.out, job_id, spec.ablation)
         return
     from joblib import Parallel, delayed
     from joblib.externals.loky.process_executor import TerminatedWorkerError
@@ -243,7 +266,9 @@ def _local_results(
 
     try:
         for finished in parallel(
-            delayed(run_shard_in_worker)(spec.worker, spec.kinds, shard, spec.out, job_id, on_start)
+            delayed(run_shard_in_worker)(
+                spec.worker, spec.kinds, shard, spec.out, job_id, on_start, spec.ablation
+            )
             for shard in dispatched()
         ):
             in_flight.discard(finished.index)
@@ -294,7 +319,9 @@ def _ray_results(
             # Submit only as workers free up, so the corpus is read as fast as it is analysed.
             while not pool.has_free():
                 yield pool.get_next_unordered()
-            pool.submit(lambda actor, s: actor.run.remote(spec.kinds, s, out, job_id), shard)
+            pool.submit(
+                lambda actor, s: actor.run.remote(spec.kinds, s, out, job_id, spec.ablation), shard
+            )
         while pool.has_next():
             yield pool.get_next_unordered()
     finally:
@@ -347,6 +374,10 @@ def run_job(
         "model": files.model_id,
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
+    if spec.ablation is not None:
+        ablation = with_means(spec.ablation, corpus, worker_runtime(spec.worker))
+        spec = replace(spec, ablation=ablation)
+        job["ablation"] = ablation.describe()
     job["status"] = "running"
     job.pop("error", None)
     _write_job(out, job)
@@ -413,7 +444,7 @@ def run_job(
         "sequences": totals["sequences"],
         "tokens": totals["tokens"],
         "truncated": totals["truncated"],
-        "statistics": sorted(kind for kind in spec.kinds if kind in STATISTICS),
+        "statistics": sorted(kind for kind in spec.kinds if kind in (*STATISTICS, ABLATION)),
         "last_run": {
             "engine": engine,
             "workers": workers,

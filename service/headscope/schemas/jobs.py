@@ -5,11 +5,14 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from headscope.schemas.core import RequestModel
+from headscope.schemas.ablation import AblationMeans, AblationMode
+from headscope.schemas.core import HeadRef, RequestModel
 from headscope.schemas.corpus import Position, _valid_unicode
 
 __all__ = [
     "CorpusJob",
+    "CorpusJobAblation",
+    "CorpusJobAblationQuery",
     "CorpusJobActivityQuery",
     "CorpusJobAttentionQuery",
     "CorpusJobList",
@@ -19,6 +22,27 @@ __all__ = [
 ]
 
 JOB_ID_PATTERN = r"^[0-9a-f]{16}$"
+
+
+class CorpusJobAblation(BaseModel):
+    mode: AblationMode = Field(description="How each head was ablated.")
+    heads: list[HeadRef] | None = Field(
+        description="The heads ablated (each alone), or null for every head."
+    )
+    means: AblationMeans | None = Field(
+        default=None, description="Mode `mean`: where the mean z comes from (the job's corpus)."
+    )
+
+    @field_validator("heads", mode="before")
+    @classmethod
+    def _pairs_as_heads(cls, heads):
+        # job.json keeps the heads as [layer, head] pairs.
+        if heads is None:
+            return None
+        return [
+            {"layer": head[0], "head": head[1]} if isinstance(head, list) else head
+            for head in heads
+        ]
 
 
 class CorpusJob(BaseModel):
@@ -39,6 +63,9 @@ class CorpusJob(BaseModel):
     tokens: int = Field(default=0, description="Tokens analysed.")
     truncated: int = Field(default=0, description="Sequences cut to `max_tokens` tokens.")
     tags: list[str] = Field(default_factory=list, description="Every tag the job's tagger gives.")
+    ablation: CorpusJobAblation | None = Field(
+        default=None, description="Kind `ablation`: what was ablated."
+    )
     created: str | None = Field(default=None, description="When the job started (UTC, ISO 8601).")
     finished: str | None = Field(default=None, description="When it finished (UTC, ISO 8601).")
 
@@ -95,4 +122,25 @@ class CorpusJobAttentionQuery(RequestModel):
     def _one_direction(self):
         if (self.from_tag is None) == (self.to_tag is None):
             raise ValueError("give exactly one of from_tag and to_tag")
+        return self
+
+
+class CorpusJobAblationQuery(RequestModel):
+    tag: str | None = Field(
+        default=None,
+        description="Next-token tag. Alone: the [layer][head] grid of each head's mean loss "
+        "change on its predictions. With layer and head: only that tag's row.",
+        examples=["VBD"],
+    )
+    layer: int | None = Field(default=None, description="Layer of one head, from 0.")
+    head: int | None = Field(default=None, description="Head within the layer, from 0.")
+
+    _tag_is_valid = field_validator("tag")(_valid_unicode)
+
+    @model_validator(mode="after")
+    def _head_or_tag(self):
+        if (self.layer is None) != (self.head is None):
+            raise ValueError("give layer and head together")
+        if self.layer is None and self.tag is None:
+            raise ValueError("give a tag (the grid), or a layer and head (its row per tag)")
         return self

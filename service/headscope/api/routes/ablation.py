@@ -10,12 +10,14 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from headscope.analysis.ablation import AblationAnalysis
 from headscope.api.deps import PoolDep
 from headscope.api.routes.corpus import CACHE_HEADER, CorpusAnalysisDep
+from headscope.api.routes.jobs import UNKNOWN_JOB, JobId, JobResultsDep
 from headscope.schemas import (
     HEAD_SCORES_METHOD,
     AblateRequest,
     AblateResponse,
     CorpusAblationRequest,
     CorpusAblationResponse,
+    CorpusJobAblationQuery,
     HeadScoresQuery,
     HeadScoresResponse,
 )
@@ -49,6 +51,20 @@ async def corpus_ablation(
     result, hit = await pool.run(analysis.corpus_ablation_cached, request)
     response.headers[CACHE_HEADER] = "hit" if hit else "miss"
     return result
+
+
+@router.get(
+    "/corpus/jobs/{job_id}/ablation",
+    response_model=CorpusAblationResponse,
+    responses=UNKNOWN_JOB,
+    tags=["corpus jobs"],
+)
+def job_ablation(
+    job_id: JobId, query: Annotated[CorpusJobAblationQuery, Query()], results: JobResultsDep
+) -> CorpusAblationResponse:
+    """A finished ablation job's answer: one head's mean loss change per next-token tag, or
+    every head's for one tag (each head ablated alone)."""
+    return results.ablation(job_id, query)
 
 
 @router.get(
