@@ -38,7 +38,7 @@ def ablation_corpus(tmp_path_factory):
     return path
 
 
-def run_ablation_job(corpus, out, mode):
+def run_ablation_job(corpus, out, mode, shard_sequences=SHARD_SEQUENCES):
     from headscope.jobs.ablation import AblationJob
     from headscope.jobs.run import JobSpec, WorkerConfig, run_job
 
@@ -47,7 +47,7 @@ def run_ablation_job(corpus, out, mode):
         kinds=("ablation",),
         out=out,
         worker=WorkerConfig(model=str(STANDIN_DIR)),
-        shard_sequences=SHARD_SEQUENCES,
+        shard_sequences=shard_sequences,
         ablation=AblationJob(mode=mode, heads=HEADS),
     )
     return run_job(spec, progress=False), out
@@ -89,7 +89,8 @@ def job_answer(out, job, **query):
 def endpoint_answer(endpoint, **request):
     from headscope.schemas import CorpusAblationRequest
 
-    return endpoint.corpus_ablation(CorpusAblationRequest(n_sequences=SEQUENCES, **request))
+    source = {} if "texts" in request else {"n_sequences": SEQUENCES}
+    return endpoint.corpus_ablation(CorpusAblationRequest(**source, **request))
 
 
 @pytest.mark.parametrize("mode", ["zero", "mean"])
@@ -175,6 +176,53 @@ def test_merge_does_not_depend_on_the_shard_order(zero_job):
     for name in names:
         np.testing.assert_allclose(shuffled[name], written[name], rtol=1e-12, atol=0)
     assert written["ablation.change"].any()
+
+
+@pytest.fixture(scope="module")
+def sequence_shards(ablation_corpus, tmp_path_factory):
+    """A zero-ablation job with one sequence per shard, and its texts in corpus order: its
+    bootstrap over shards is the endpoint's bootstrap over sequences."""
+    from headscope.jobs.source import CorpusFile
+
+    out = tmp_path_factory.mktemp("jobs") / "sequence-shards"
+    job, out = run_ablation_job(ablation_corpus, out, "zero", shard_sequences=1)
+    texts = list(CorpusFile.open(str(ablation_corpus)).sequences())
+    assert job["shards"] == len(texts) == SEQUENCES
+    return job, out, texts
+
+
+def bounds(interval):
+    return np.array([interval.low, interval.high], dtype=float)
+
+
+@pytest.mark.parametrize("seed", [0, 7])
+def test_intervals_equal_the_endpoints_with_one_sequence_per_shard(sequence_shards, endpoint, seed):
+    job, out, texts = sequence_shards
+    layer, head = HEADS[2]
+    ours = job_answer(out, job, layer=layer, head=head, seed=seed)
+    theirs = endpoint_answer(
+        endpoint, texts=texts, heads=[{"layer": layer, "head": head}], mode="zero", seed=seed
+    )
+    expected = {row.tag: row for row in theirs.by_next_tag}
+    defined = 0
+    for row in ours.by_next_tag:
+        np.testing.assert_allclose(
+            bounds(row.ci), bounds(expected[row.tag].ci), rtol=1e-9, atol=1e-12, equal_nan=True
+        )
+        assert ours.ci.mean_loss_change[row.tag] == row.ci
+        defined += row.ci.low is not None
+    assert defined > 0
+
+    ours = job_answer(out, job, tag=TAG, seed=seed)
+    theirs = endpoint_answer(endpoint, texts=texts, all_heads=True, tag=TAG, seed=seed)
+    for layer_, head_ in HEADS:
+        for side in ("low", "high"):
+            mine = getattr(ours.ci.grid, side)[layer_][head_]
+            other = getattr(theirs.ci.grid, side)[layer_][head_]
+            assert (mine is None) == (other is None)
+            if mine is not None:
+                assert mine == pytest.approx(other, rel=GRID_RTOL, abs=1e-9)
+    assert ours.ci.grid.low[1][1] is None  # a head the job did not run has no interval either
 
 
 def test_the_server_answers_from_the_finished_job(settings, runtime, zero_job, tmp_path):

@@ -32,6 +32,7 @@ from headscope.schemas import (
     ActivityByTagResponse,
     AttentionByTagIntervals,
     AttentionByTagResponse,
+    CorpusAblationIntervals,
     CorpusAblationResponse,
     CorpusJob,
     CorpusJobAblationQuery,
@@ -382,4 +383,32 @@ class JobResults:
         """Single-head ablation effects by next-token tag, from the job's sums."""
         finished = self.job(job_id)
         sums, tags = self._statistics(finished, ABLATION)
-        return ablation_response(finished.job, finished.source, sums, tags, query)
+        answer = ablation_response(finished.job, finished.source, sums, tags, query)
+        if answer.predictions:
+            shards = ShardRows(finished.directory, query.seed)
+            if answer.grid is not None and query.tag is not None:  # [shard, l, h] / [shard]
+                column = tags[query.tag]
+                bounds = shards.resampler.interval(
+                    _mean,
+                    shards("ablation.change", (slice(None), slice(None), column)),
+                    shards("ablation.predictions", (column,)),
+                )
+                run = [[value is not None for value in row] for row in answer.grid]
+                low, high = (np.where(run, bound, np.nan) for bound in bounds)
+                answer.ci = CorpusAblationIntervals(
+                    **_intervals_spec(), grid=_grid_interval((low, high))
+                )
+            elif answer.heads:  # [shard, tag] over [shard, tag]
+                head = answer.heads[0]
+                low, high = shards.resampler.interval(
+                    _mean,
+                    shards("ablation.change", (head.layer, head.head)),
+                    shards("ablation.predictions"),
+                )
+                intervals = {}
+                for row in answer.by_next_tag or []:
+                    column = tags[row.tag]
+                    row.ci = Interval(low=_bound(low[column]), high=_bound(high[column]))
+                    intervals[row.tag] = row.ci
+                answer.ci = CorpusAblationIntervals(**_intervals_spec(), mean_loss_change=intervals)
+        return answer

@@ -134,6 +134,7 @@ class CorpusJobAblationQuery(RequestModel):
     )
     layer: int | None = Field(default=None, description="Layer of one head, from 0.")
     head: int | None = Field(default=None, description="Head within the layer, from 0.")
+    seed: int = Field(default=0, description=JOB_SEED_DESCRIPTION)
 
     _tag_is_valid = field_validator("tag")(_valid_unicode)
 
