@@ -20,16 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from headscope.analysis.bootstrap import Resampler, support_warning
+from headscope.analysis.bootstrap import (
+    Resampler,
+    finite_or_none,
+    grid_interval,
+    mean_of,
+    support_warning,
+)
 from headscope.analysis.corpus import (
     ALL_PATTERN_BATCH_CELLS,
     BATCH_TOKENS,
     INTERVAL_SPEC,
     CorpusAnalysis,
     Progress,
-    _grid_interval,
-    _maybe,
-    _ratio,
 )
 from headscope.cache import AnalysisCache, one_per_entry
 from headscope.errors import InvalidRequest
@@ -250,7 +253,7 @@ class AblationAnalysis:
                     counts[index, column] += 1
                     predictions += 1
             progress.update(index + 1, "ablated")
-        low, high = resampler.interval(_ratio, change, counts)
+        low, high = resampler.interval(mean_of, change, counts)
         rows, intervals = [], {}
         for tag, column in index_of.items():
             tokens = int(counts[:, column].sum())
@@ -258,7 +261,7 @@ class AblationAnalysis:
                 continue
             mean_change = change[:, column].sum() / tokens
             mean_before = before[:, column].sum() / tokens
-            interval = Interval(low=_maybe(low[column]), high=_maybe(high[column]))
+            interval = Interval(low=finite_or_none(low[column]), high=finite_or_none(high[column]))
             intervals[tag] = interval
             rows.append(
                 AblationTagRow(
@@ -308,9 +311,9 @@ class AblationAnalysis:
         predictions = int(counts.sum())
         grid = ci = None
         if predictions:
-            grid = [[_maybe(v) for v in row] for row in change.sum(axis=0) / predictions]
+            grid = [[finite_or_none(v) for v in row] for row in change.sum(axis=0) / predictions]
             ci = CorpusAblationIntervals(
-                **INTERVAL_SPEC, grid=_grid_interval(resampler.interval(_ratio, change, counts))
+                **INTERVAL_SPEC, grid=grid_interval(resampler.interval(mean_of, change, counts))
             )
         return CorpusAblationResponse(
             mode=request.mode,

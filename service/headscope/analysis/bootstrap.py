@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from headscope.schemas import GridInterval
+
 LEVEL = 0.95
 RESAMPLES = 1000
 # Below these, an interval (and a mean) says little: the corpus responses carry a warning.
@@ -75,3 +77,24 @@ def support_warning(tokens: int, sequences: int, what: str) -> str | None:
             "treat it and its interval as anecdotal, and draw more sequences"
         )
     return None
+
+
+def mean_of(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
+    """[resample, ...] / [resample] (or the same shape), broadcast over trailing axes."""
+    while counts.ndim < sums.ndim:
+        counts = counts[..., None]
+    return sums / counts
+
+
+def finite_or_none(value: float) -> float | None:
+    """A bound as JSON gives it: null where the statistic is undefined (NaN, inf)."""
+    return float(value) if np.isfinite(value) else None
+
+
+def grid_interval(bounds: tuple[np.ndarray, np.ndarray]) -> GridInterval:
+    """(low, high) [layer, head] arrays as the responses' GridInterval."""
+    low, high = bounds
+    return GridInterval(
+        low=[[finite_or_none(v) for v in row] for row in low],
+        high=[[finite_or_none(v) for v in row] for row in high],
+    )

@@ -26,7 +26,15 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel
 
-from headscope.analysis.bootstrap import METHOD, RESAMPLES, Resampler, support_warning
+from headscope.analysis.bootstrap import (
+    METHOD,
+    RESAMPLES,
+    Resampler,
+    finite_or_none,
+    grid_interval,
+    mean_of,
+    support_warning,
+)
 from headscope.analysis.corpus_text import Corpus, load_corpus
 from headscope.analysis.service import Encoded, Runtime
 from headscope.cache import AnalysisCache, one_per_entry
@@ -51,7 +59,6 @@ from headscope.schemas import (
     CorpusSequenceResponse,
     CorpusSource,
     CorpusSourceRequest,
-    GridInterval,
     HeadId,
     HeadRankQuery,
     HeadRankResponse,
@@ -203,25 +210,6 @@ def ranks(scores: np.ndarray) -> np.ndarray:
 
 def _grid(values: np.ndarray | None) -> list[list[float]] | None:
     return None if values is None else values.tolist()
-
-
-def _maybe(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def _grid_interval(bounds: tuple[np.ndarray, np.ndarray]) -> GridInterval:
-    low, high = bounds
-    return GridInterval(
-        low=[[_maybe(v) for v in row] for row in low],
-        high=[[_maybe(v) for v in row] for row in high],
-    )
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """[resample, ...] / [resample] (or same shape), broadcast over trailing axes."""
-    while denominator.ndim < numerator.ndim:
-        denominator = denominator[..., None]
-    return numerator / denominator
 
 
 INTERVAL_SPEC: dict[str, Any] = {"level": 0.95, "resamples": RESAMPLES, "method": METHOD}
@@ -490,14 +478,15 @@ class CorpusAnalysis:
         rows = tag_attention_rows(direction, chosen, tag_index, mass, uniform_mass, counts)
         resampler = Resampler.of(len(masses), request.seed)
         if direction == "from":
-            low, high = resampler.interval(_ratio, masses[:, chosen, :], tag_counts[:, chosen])
+            low, high = resampler.interval(mean_of, masses[:, chosen, :], tag_counts[:, chosen])
         else:
-            low, high = resampler.interval(_ratio, masses[:, :, chosen], tag_counts)
+            low, high = resampler.interval(mean_of, masses[:, :, chosen], tag_counts)
         ci = AttentionByTagIntervals(
             **INTERVAL_SPEC,
             attention={
                 row.tag: Interval(
-                    low=_maybe(low[tag_index[row.tag]]), high=_maybe(high[tag_index[row.tag]])
+                    low=finite_or_none(low[tag_index[row.tag]]),
+                    high=finite_or_none(high[tag_index[row.tag]]),
                 )
                 for row in rows
             },
@@ -565,12 +554,12 @@ class CorpusAnalysis:
             resampler = Resampler.of(len(sequences.encoded), request.seed)
             ci = ActivityByTagIntervals(
                 **INTERVAL_SPEC,
-                mean_at_position=_grid_interval(
-                    resampler.interval(_ratio, sequence_at, sequence_at_count)
+                mean_at_position=grid_interval(
+                    resampler.interval(mean_of, sequence_at, sequence_at_count)
                 ),
-                lift=_grid_interval(
+                lift=grid_interval(
                     resampler.interval(
-                        lambda a, na, o, no: _ratio(a, na) / _ratio(o, no),
+                        lambda a, na, o, no: mean_of(a, na) / mean_of(o, no),
                         sequence_at,
                         sequence_at_count,
                         sequence_all,
@@ -678,23 +667,23 @@ class CorpusAnalysis:
             resampler = Resampler.of(len(sequences.encoded), request.seed)
             ci = QuotesIntervals(
                 **INTERVAL_SPEC,
-                mean_inside=_grid_interval(
-                    resampler.interval(_ratio, sequence_inside, sequence_inside_count)
+                mean_inside=grid_interval(
+                    resampler.interval(mean_of, sequence_inside, sequence_inside_count)
                 ),
-                mean_outside=_grid_interval(
-                    resampler.interval(_ratio, sequence_outside, sequence_outside_count)
+                mean_outside=grid_interval(
+                    resampler.interval(mean_of, sequence_outside, sequence_outside_count)
                 ),
-                ratio=_grid_interval(
+                ratio=grid_interval(
                     resampler.interval(
-                        lambda i, ni, o, no: _ratio(i, ni) / _ratio(o, no),
+                        lambda i, ni, o, no: mean_of(i, ni) / mean_of(o, no),
                         sequence_inside,
                         sequence_inside_count,
                         sequence_outside,
                         sequence_outside_count,
                     )
                 ),
-                attention_to_opening=_grid_interval(
-                    resampler.interval(_ratio, sequence_to_opening, sequence_inside_count)
+                attention_to_opening=grid_interval(
+                    resampler.interval(mean_of, sequence_to_opening, sequence_inside_count)
                 ),
             )
         with_quotes_inside = int((sequence_inside_count > 0).sum())

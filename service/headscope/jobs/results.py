@@ -21,7 +21,15 @@ from pydantic import ValidationError
 from safetensors import safe_open
 from safetensors.numpy import load_file
 
-from headscope.analysis.bootstrap import LEVEL, RESAMPLES, Resampler, support_warning
+from headscope.analysis.bootstrap import (
+    LEVEL,
+    RESAMPLES,
+    Resampler,
+    finite_or_none,
+    grid_interval,
+    mean_of,
+    support_warning,
+)
 from headscope.analysis.corpus import tag_attention_rows
 from headscope.errors import InvalidRequest, NotFound, UnknownHead
 from headscope.jobs.ablation import ABLATION, ablation_response
@@ -40,7 +48,6 @@ from headscope.schemas import (
     CorpusJobAttentionQuery,
     CorpusJobQuotesQuery,
     CorpusSource,
-    GridInterval,
     Interval,
     QuotesIntervals,
     QuoteSpan,
@@ -63,27 +70,8 @@ def _grid(values: np.ndarray | None) -> list[list[float]] | None:
     return None if values is None else values.tolist()
 
 
-def _bound(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
-
-
-def _grid_interval(bounds: tuple[np.ndarray, np.ndarray]) -> GridInterval:
-    low, high = bounds
-    return GridInterval(
-        low=[[_bound(v) for v in row] for row in low],
-        high=[[_bound(v) for v in row] for row in high],
-    )
-
-
-def _mean(sums: np.ndarray, counts: np.ndarray) -> np.ndarray:
-    """[resample, ...] / [resample] (or the same shape), broadcast over trailing axes."""
-    while counts.ndim < sums.ndim:
-        counts = counts[..., None]
-    return sums / counts
-
-
 def _mean_ratio(a: np.ndarray, na: np.ndarray, b: np.ndarray, nb: np.ndarray) -> np.ndarray:
-    return _mean(a, na) / _mean(b, nb)
+    return mean_of(a, na) / mean_of(b, nb)
 
 
 def _intervals_spec() -> dict:
@@ -242,10 +230,10 @@ class JobResults:
             overall = (shards("activity.sum_all"), shards("tokens", (0,)))
             ci = ActivityByTagIntervals(
                 **_intervals_spec(),
-                mean_at_position=_grid_interval(
-                    shards.resampler.interval(_mean, at, at_count_by_shard)
+                mean_at_position=grid_interval(
+                    shards.resampler.interval(mean_of, at, at_count_by_shard)
                 ),
-                lift=_grid_interval(
+                lift=grid_interval(
                     shards.resampler.interval(_mean_ratio, at, at_count_by_shard, *overall)
                 ),
             )
@@ -294,13 +282,13 @@ class JobResults:
             shards = ShardRows(finished.directory, query.seed)
             if direction == "from":  # [shard, key tag] over [shard]
                 bounds = shards.resampler.interval(
-                    _mean,
+                    mean_of,
                     shards("attention.mass", (layer, head, chosen)),
                     shards("attention.tag_tokens", (chosen,)),
                 )
             else:  # [shard, query tag] over [shard, query tag]
                 bounds = shards.resampler.interval(
-                    _mean,
+                    mean_of,
                     shards("attention.mass", (layer, head, slice(None), chosen)),
                     shards("attention.tag_tokens"),
                 )
@@ -309,7 +297,8 @@ class JobResults:
                 **_intervals_spec(),
                 attention={
                     row.tag: Interval(
-                        low=_bound(low[tags[row.tag]]), high=_bound(high[tags[row.tag]])
+                        low=finite_or_none(low[tags[row.tag]]),
+                        high=finite_or_none(high[tags[row.tag]]),
                     )
                     for row in rows
                 },
@@ -348,11 +337,11 @@ class JobResults:
             to_opening_by_shard = (shards("quotes.sum_to_opening"), inside[1])
             ci = QuotesIntervals(
                 **_intervals_spec(),
-                mean_inside=_grid_interval(shards.resampler.interval(_mean, *inside)),
-                mean_outside=_grid_interval(shards.resampler.interval(_mean, *outside)),
-                ratio=_grid_interval(shards.resampler.interval(_mean_ratio, *inside, *outside)),
-                attention_to_opening=_grid_interval(
-                    shards.resampler.interval(_mean, *to_opening_by_shard)
+                mean_inside=grid_interval(shards.resampler.interval(mean_of, *inside)),
+                mean_outside=grid_interval(shards.resampler.interval(mean_of, *outside)),
+                ratio=grid_interval(shards.resampler.interval(_mean_ratio, *inside, *outside)),
+                attention_to_opening=grid_interval(
+                    shards.resampler.interval(mean_of, *to_opening_by_shard)
                 ),
             )
         spans, spans_found = shards.quote_spans(MAX_SPANS)
@@ -389,26 +378,28 @@ class JobResults:
             if answer.grid is not None and query.tag is not None:  # [shard, l, h] / [shard]
                 column = tags[query.tag]
                 bounds = shards.resampler.interval(
-                    _mean,
+                    mean_of,
                     shards("ablation.change", (slice(None), slice(None), column)),
                     shards("ablation.predictions", (column,)),
                 )
                 run = [[value is not None for value in row] for row in answer.grid]
                 low, high = (np.where(run, bound, np.nan) for bound in bounds)
                 answer.ci = CorpusAblationIntervals(
-                    **_intervals_spec(), grid=_grid_interval((low, high))
+                    **_intervals_spec(), grid=grid_interval((low, high))
                 )
             elif answer.heads:  # [shard, tag] over [shard, tag]
                 head = answer.heads[0]
                 low, high = shards.resampler.interval(
-                    _mean,
+                    mean_of,
                     shards("ablation.change", (head.layer, head.head)),
                     shards("ablation.predictions"),
                 )
                 intervals = {}
                 for row in answer.by_next_tag or []:
                     column = tags[row.tag]
-                    row.ci = Interval(low=_bound(low[column]), high=_bound(high[column]))
+                    row.ci = Interval(
+                        low=finite_or_none(low[column]), high=finite_or_none(high[column])
+                    )
                     intervals[row.tag] = row.ci
                 answer.ci = CorpusAblationIntervals(**_intervals_spec(), mean_loss_change=intervals)
         return answer
