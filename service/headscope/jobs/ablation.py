@@ -35,9 +35,9 @@ import numpy as np
 
 from headscope.analysis.ablation import MEAN_SEED, mean_sample, mean_z_of
 from headscope.analysis.bootstrap import support_warning
-from headscope.errors import InvalidRequest, NotFound, StartupError, UnknownHead
+from headscope.errors import InvalidRequest, NotFound, StartupError
 from headscope.jobs.source import CorpusFile
-from headscope.jobs.statistics import Sums, encode_truncated, tag_vocabulary
+from headscope.jobs.statistics import Sums, encode_truncated, require_head, tag_vocabulary
 from headscope.schemas import (
     AblationMeans,
     AblationTagRow,
@@ -202,12 +202,7 @@ def ablation_response(
     common = {"mode": entry.mode, "means": entry.means, "source": source, "ci": None}
     if query.layer is not None:
         layer, head = query.layer, query.head
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise UnknownHead(
-                f"L{layer}H{head} does not exist: the job's model has {n_layers} layers x "
-                f"{n_heads} heads",
-                detail={"layer": layer, "head": head, "n_layers": n_layers, "n_heads": n_heads},
-            )
+        require_head(layer, head, n_layers, n_heads)
         if (layer, head) not in run:
             raise NotFound(
                 f"corpus job {job.id} did not ablate L{layer}H{head}",

@@ -31,10 +31,10 @@ from headscope.analysis.bootstrap import (
     support_warning,
 )
 from headscope.analysis.corpus import tag_attention_rows
-from headscope.errors import InvalidRequest, NotFound, UnknownHead
+from headscope.errors import InvalidRequest, NotFound
 from headscope.jobs.ablation import ABLATION, ablation_response
 from headscope.jobs.run import JOB_FILE, SHARDS_DIR, STATISTICS_FILE
-from headscope.jobs.statistics import POSITIONS, Sums
+from headscope.jobs.statistics import POSITIONS, Sums, require_head
 from headscope.schemas import (
     ActivityByTagIntervals,
     ActivityByTagResponse,
@@ -262,12 +262,7 @@ class JobResults:
         mass_all = sums["attention.mass"]  # [layer, head, q tag, k tag]
         n_layers, n_heads = mass_all.shape[:2]
         layer, head = query.layer, query.head
-        if not (0 <= layer < n_layers and 0 <= head < n_heads):
-            raise UnknownHead(
-                f"L{layer}H{head} does not exist: the job's model has {n_layers} layers x "
-                f"{n_heads} heads",
-                detail={"layer": layer, "head": head, "n_layers": n_layers, "n_heads": n_heads},
-            )
+        require_head(layer, head, n_layers, n_heads)
         direction = "from" if query.from_tag is not None else "to"
         tag = query.from_tag if query.from_tag is not None else query.to_tag
         assert tag is not None

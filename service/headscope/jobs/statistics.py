@@ -23,6 +23,7 @@ from headscope.analysis.corpus import (
     quote_spans,
 )
 from headscope.analysis.service import Encoded, Runtime
+from headscope.errors import UnknownHead
 from headscope.tagging.base import NO_WORD
 
 STATISTICS = ("activity-by-tag", "attention-by-tag", "quotes")
@@ -219,3 +220,13 @@ def map_shard(runtime: Runtime, texts: Sequence[str], kinds: Sequence[str]) -> S
             stop = n if closing is None else closing
             found_spans.append([index, opening, closing, start, end, max(stop - opening - 1, 0)])
     return ShardResult(sums, features, int(sums["tokens"][0]), len(encoded), found_spans)
+
+
+def require_head(layer: int, head: int, n_layers: int, n_heads: int) -> None:
+    """UnknownHead (422) unless L`layer`H`head` is in the job's model."""
+    if not (0 <= layer < n_layers and 0 <= head < n_heads):
+        raise UnknownHead(
+            f"L{layer}H{head} does not exist: the job's model has {n_layers} layers x "
+            f"{n_heads} heads",
+            detail={"layer": layer, "head": head, "n_layers": n_layers, "n_heads": n_heads},
+        )
